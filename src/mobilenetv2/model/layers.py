@@ -1,0 +1,97 @@
+"""Building blocks shared by every MobileNetV2 module: one Conv-BN-Act helper.
+
+`ConvBNAct` is an `nn.Sequential` with fixed child names (`pad`, `conv`, `bn`, `act`), so
+Conv-BN-ReLU6 fusion for quantization (DESIGN example 13) is a fixed list of names and the
+state-dict keys are stable across options.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ConvBNAct", "ResidualAdd", "SamePad2d", "tf_same_padding"]
+
+
+def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's SAME padding for one spatial side: (before, after).
+
+    TF pads `total = max((ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 -
+    size, 0)` and puts the odd pixel *after* (bottom/right); PyTorch's symmetric padding puts
+    it on both sides, which shifts every stride-2 output by half a pixel relative to TF.
+    """
+    out = (size + stride - 1) // stride
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePad2d(nn.Module):
+    """Zero padding computed from the actual input size, as TF's "SAME" does.
+
+    Computed in `forward` from the input's shape (not fixed at construction), so any input
+    size is exact; the arithmetic traces to shape ops for export.
+    """
+
+    def __init__(self, kernel: int, stride: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.dilation = kernel, stride, dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = tf_same_padding(x.shape[-2], self.kernel, self.stride, self.dilation)
+        left, right = tf_same_padding(x.shape[-1], self.kernel, self.stride, self.dilation)
+        return F.pad(x, [left, right, top, bottom])
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}, dilation={self.dilation}"
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> activation (ReLU6 by default, None = linear).
+
+    With `padding="symmetric"` the conv pads `(k - 1) // 2 * dilation` on every side. With
+    `"tf_same"`, stride-1 layers pad the same way (SAME is symmetric for odd kernels at
+    stride 1) and stride-2 layers get a `SamePad2d` child in front of an unpadded conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        act: type[nn.Module] | None = nn.ReLU6,
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        pad = (kernel_size - 1) // 2 * dilation
+        if padding == "tf_same" and stride > 1:
+            layers["pad"] = SamePad2d(kernel_size, stride, dilation)
+            pad = 0
+        layers["conv"] = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=pad,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+        )
+        layers["bn"] = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        if act is not None:
+            layers["act"] = act(inplace=True) if act in (nn.ReLU6, nn.ReLU) else act()
+        super().__init__(layers)
+
+
+class ResidualAdd(nn.Module):
+    """The shortcut addition as a module, so quantization can swap in a quantized add."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y

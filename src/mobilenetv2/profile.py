@@ -1,0 +1,160 @@
+"""Exact architecture arithmetic: parameters, multiply-adds, shapes, activation memory.
+
+A pure function of the resolved specs (no module is built). Multiply-adds follow the paper
+and the official checkpoint table: every convolution and the classifier, counted as
+multiply-accumulates (Table 3 / Figure 5 count 300M for width 1.0 at 224x224). Two parameter
+conventions are reported:
+
+* `params`: every trainable parameter, BatchNorm scale and shift included (torchvision's
+  3,504,872 for width 1.0 with 1000 classes);
+* `weights_excluding_bn`: convolution kernels and the classifier's weight and bias, as the
+  official TF-slim checkpoint table counts (3.47M for width 1.0 with 1001 classes).
+
+Activation memory is the size of each layer's output at fp32 and batch 1; the peak is the
+largest input + output of a single operator, the quantity paper section 5 minimises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mobilenetv2.config import ModelConfig
+from mobilenetv2.model.arch import resolve
+
+__all__ = ["LayerProfile", "Profile", "profile"]
+
+BYTES_PER_ELEMENT = 4  # fp32
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One operator of the network."""
+
+    name: str
+    op: str
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    kernel: int
+    stride: int
+    groups: int
+    params: int
+    weights_excluding_bn: int
+    madds: int
+
+    @property
+    def activation_bytes(self) -> int:
+        c, h, w = self.out_shape
+        return c * h * w * BYTES_PER_ELEMENT
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Totals and the per-layer table for one `ModelConfig` at one resolution."""
+
+    config: ModelConfig
+    resolution: int
+    layers: tuple[LayerProfile, ...] = field(repr=False)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def weights_excluding_bn(self) -> int:
+        return sum(layer.weights_excluding_bn for layer in self.layers)
+
+    @property
+    def madds(self) -> int:
+        return sum(layer.madds for layer in self.layers)
+
+    @property
+    def peak_activation_bytes(self) -> int:
+        """Largest input + output of one operator (paper section 5, Table 3 convention)."""
+        return max(
+            (_numel(layer.in_shape) + _numel(layer.out_shape)) * BYTES_PER_ELEMENT
+            for layer in self.layers
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "resolution": self.resolution,
+            "params": self.params,
+            "weights_excluding_bn": self.weights_excluding_bn,
+            "madds": self.madds,
+            "peak_activation_bytes": self.peak_activation_bytes,
+            "layers": [
+                {**asdict(layer), "activation_bytes": layer.activation_bytes}
+                for layer in self.layers
+            ],
+        }
+
+
+def profile(config: ModelConfig, resolution: int | None = None) -> Profile:
+    """Per-layer and total arithmetic of `config` at `resolution` (default: the config's)."""
+    res = config.resolution if resolution is None else resolution
+    if isinstance(res, bool) or not isinstance(res, int) or res < config.min_input_size:
+        raise ValueError(
+            f"resolution {res!r} is smaller than this network allows "
+            f"(at least {config.min_input_size})"
+        )
+    arch = resolve(config)
+    layers: list[LayerProfile] = []
+    shape = (3, res, res)
+
+    def conv(name: str, cout: int, k: int, stride: int, groups: int = 1) -> None:
+        nonlocal shape
+        cin, h, w = shape
+        # With (k-1)/2*d padding (symmetric) or TF SAME, the output side is ceil(in/stride).
+        out = (cout, -(-h // stride), -(-w // stride))
+        weights = k * k * (cin // groups) * cout
+        layers.append(
+            LayerProfile(
+                name=name,
+                op="conv_dw" if groups > 1 else "conv",
+                in_shape=shape,
+                out_shape=out,
+                kernel=k,
+                stride=stride,
+                groups=groups,
+                params=weights + 2 * cout,  # + BatchNorm gamma and beta
+                weights_excluding_bn=weights,
+                madds=weights * out[1] * out[2],
+            )
+        )
+        shape = out
+
+    conv("stem", arch.stem_channels, 3, arch.stem_stride)
+    for b in arch.blocks:
+        if b.has_expand:
+            conv(f"blocks.{b.index}.expand", b.hidden_channels, 1, 1)
+        conv(f"blocks.{b.index}.depthwise", b.hidden_channels, 3, b.stride, b.hidden_channels)
+        conv(f"blocks.{b.index}.project", b.out_channels, 1, 1)
+    conv("head", arch.head_channels, 1, 1)
+
+    c = shape[0]
+    layers.append(LayerProfile("pool", "avgpool", shape, (c, 1, 1), 0, 1, 1, 0, 0, 0))
+    n = arch.num_classes
+    layers.append(
+        LayerProfile(
+            name="classifier",
+            op="linear",
+            in_shape=(c, 1, 1),
+            out_shape=(n, 1, 1),
+            kernel=1,
+            stride=1,
+            groups=1,
+            params=c * n + n,
+            weights_excluding_bn=c * n + n,
+            madds=c * n,
+        )
+    )
+    return Profile(config=config, resolution=res, layers=tuple(layers))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out

@@ -1,0 +1,57 @@
+"""Named variants: a small dict of configs (the widths of the paper's Figure 5 / Table 6).
+
+`create_model("mobilenetv2_050", num_classes=10)` builds a variant with config overrides;
+`features_only=True` returns the backbone that yields the tensors at `out_features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mobilenetv2.config import ModelConfig
+from mobilenetv2.model import MobileNetV2, MobileNetV2Features
+from mobilenetv2.model.backbone import DEFAULT_OUT_FEATURES
+
+__all__ = ["VARIANTS", "create_model", "resolve_variant", "variant_config"]
+
+VARIANTS: dict[str, ModelConfig] = {
+    "mobilenetv2_035": ModelConfig(width=0.35),
+    "mobilenetv2_050": ModelConfig(width=0.5),
+    "mobilenetv2_075": ModelConfig(width=0.75),
+    "mobilenetv2_100": ModelConfig(width=1.0),
+    "mobilenetv2_130": ModelConfig(width=1.3),
+    "mobilenetv2_140": ModelConfig(width=1.4),
+}
+
+
+def variant_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of a named variant with some fields overridden."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return VARIANTS[name].replace(**overrides)
+
+
+def resolve_variant(variant: str | None, width: float | None, **overrides: Any) -> ModelConfig:
+    """Config from either a variant name or a width (CLI helper); both is a contradiction."""
+    if variant is not None and width is not None:
+        raise ValueError(
+            f"give either a variant ({variant!r}) or a width ({width!r}), not both"
+        )
+    if variant is not None:
+        return variant_config(variant, **overrides)
+    return ModelConfig(width=1.0 if width is None else width).replace(**overrides)
+
+
+def create_model(
+    name: str = "mobilenetv2_100",
+    *,
+    features_only: bool = False,
+    out_features: Sequence[str] = DEFAULT_OUT_FEATURES,
+    **overrides: Any,
+) -> MobileNetV2 | MobileNetV2Features:
+    """Build a named variant; `overrides` are `ModelConfig` fields (width, num_classes ...)."""
+    cfg = variant_config(name, **overrides)
+    if features_only:
+        return MobileNetV2Features(cfg, out_features=out_features)
+    return MobileNetV2(cfg)

@@ -1,0 +1,25 @@
+"""Shared test helpers: the real fixtures beside the project, seeded randomness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Official TFLite models and real photos (see ../shared/fixtures/tflite/README.md); never
+# copied into the project. Tests that need them skip with a reason where they are absent.
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "tflite"
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    if not (FIXTURES / "mobilenet_v2_1.0_224_quant.tflite").is_file():
+        pytest.skip(f"real-model fixtures not found at {FIXTURES} (shared/fixtures/tflite)")
+    return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
