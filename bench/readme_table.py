@@ -34,8 +34,9 @@ def table() -> str:
     lines = [head, "|" + "---|" * (3 + len(RESOLUTIONS))]
     for w in WIDTHS:
         cells = [profile_json(w, r) for r in RESOLUTIONS]
+        params, weights = cells[0]["params"] / 1e6, cells[0]["weights_excluding_bn"] / 1e6
         lines.append(
-            f"| {w} | {cells[0]['params'] / 1e6:.3f} | {cells[0]['weights_excluding_bn'] / 1e6:.3f} | "
+            f"| {w} | {params:.3f} | {weights:.3f} | "
             + " | ".join(f"{c['madds'] / 1e6:.1f}" for c in cells)
             + " |"
         )

@@ -8,7 +8,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mobilenetv2 import MobileNetV2, ModelConfig, profile
 
-
 RES = (96, 128, 160, 192, 224)
 
 

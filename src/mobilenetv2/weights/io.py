@@ -1,0 +1,272 @@
+"""Our checkpoint format: safetensors with the model config, preprocessing, labels and
+provenance in the file's metadata, so `load` rebuilds the model from the file alone and never
+unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobilenetv2.config import ModelConfig
+from mobilenetv2.errors import UserError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Converted",
+    "Preprocessing",
+    "WeightsMeta",
+    "load",
+    "load_meta",
+    "load_state_dict_checked",
+    "save",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT = "mobilenetv2/1"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a weight set.
+
+    Attributes:
+        resize: Size the image is resized to before cropping.
+        crop: Size of the square center crop fed to the network.
+        resize_mode: "shorter" resizes the shorter side to `resize` (torchvision, Keras
+            eval); "exact" resizes the whole image to `resize` x `resize` (TFLite examples).
+        interpolation: "bilinear", "bicubic" or "nearest".
+        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
+        std: Per-channel divisor. mean = std = 0.5 is TF's [-1, 1] scaling; 128/255 is
+            TFLite's (pixel - 128) / 128.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    resize_mode: str = "shorter"
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in ("shorter", "exact"):
+            raise ValueError(f"resize_mode must be 'shorter' or 'exact', got {self.resize_mode!r}")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.crop > self.resize:
+            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
+
+    @classmethod
+    def tf_inception(cls, size: int = 224) -> Preprocessing:
+        """[-1, 1] scaling, as Keras and TF-slim checkpoints expect."""
+        return cls(resize=round(size / 0.875), crop=size, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        data = dict(data)
+        for key in ("mean", "std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise ValueError(f"unknown preprocessing field(s): {', '.join(bad)}")
+        return cls(**data)
+
+
+@dataclass
+class WeightsMeta:
+    """Everything a checkpoint file says about itself besides the tensors."""
+
+    config: ModelConfig
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: list[str] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        """safetensors metadata is str -> str: one JSON document per section."""
+        return {
+            "format": FORMAT,
+            "config": self.config.to_json(),
+            "preprocessing": json.dumps(asdict(self.preprocessing)),
+            "labels": json.dumps(self.labels),
+            "provenance": json.dumps(self.provenance),
+            "accuracy": json.dumps(self.accuracy),
+            "extra": json.dumps(self.extra),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], source: str = "file") -> WeightsMeta:
+        if meta.get("format") != FORMAT or "config" not in meta:
+            raise UserError(
+                f"{source} is a safetensors file but not a mobilenetv2 checkpoint (no "
+                f"'{FORMAT}' metadata); convert it first: mobilenetv2 convert {source} -o OUT"
+            )
+        try:
+            return cls(
+                config=ModelConfig.from_json(meta["config"]),
+                preprocessing=Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}"))),
+                labels=json.loads(meta.get("labels", "null")),
+                provenance=json.loads(meta.get("provenance", "{}")),
+                accuracy=json.loads(meta.get("accuracy", "{}")),
+                extra=json.loads(meta.get("extra", "{}")),
+            )
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{source}: corrupt mobilenetv2 metadata ({e})") from e
+
+
+@dataclass
+class Converted:
+    """What every converter returns: our config, a state dict for it, and its metadata."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: WeightsMeta
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    preprocessing: Preprocessing | None = None,
+    labels: Sequence[str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    accuracy: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `model` (a MobileNetV2 with `.config`) to `path` as safetensors, atomically.
+
+    Metadata not given is taken from `model.meta` when the model was loaded from a file.
+    """
+    old: WeightsMeta | None = getattr(model, "meta", None)
+    meta = WeightsMeta(
+        config=model.config,
+        preprocessing=preprocessing or (old.preprocessing if old else Preprocessing()),
+        labels=list(labels) if labels is not None else (old.labels if old else None),
+        provenance=dict(provenance) if provenance is not None else (old.provenance if old else {}),
+        accuracy=dict(accuracy) if accuracy is not None else (old.accuracy if old else {}),
+        extra=dict(extra) if extra is not None else (old.extra if old else {}),
+    )
+    if meta.labels is not None and len(meta.labels) != meta.config.num_classes:
+        raise ValueError(
+            f"{len(meta.labels)} labels given for a model with {meta.config.num_classes} classes"
+        )
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return save_state_dict(tensors, meta, path)
+
+
+def save_state_dict(
+    tensors: Mapping[str, torch.Tensor], meta: WeightsMeta, path: str | os.PathLike
+) -> Path:
+    """Atomic write (temporary file in the same folder, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(dict(tensors), tmp, metadata=meta.to_metadata())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_meta(path: str | os.PathLike) -> WeightsMeta:
+    """Read only the metadata of one of our checkpoints."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return WeightsMeta.from_metadata(f.metadata() or {}, str(path))
+    except UserError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from one of our `.safetensors` files alone; `model.meta` holds
+    its preprocessing, labels, provenance and accuracy."""
+    from safetensors.torch import load_file
+
+    from mobilenetv2.model import MobileNetV2
+
+    meta = load_meta(path)
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as e:
+        raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+    model = MobileNetV2(meta.config)
+    load_state_dict_checked(model, state, source=str(path))
+    model.meta = meta
+    return model
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """`load_state_dict(strict=True)` with a precise report: missing and unexpected keys and
+    differing shapes, naming the width and resolution the model expected. DDP's `module.`
+    (and torch.compile's `_orig_mod.`) prefixes are accepted."""
+    state = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        cfg = getattr(model, "config", None)
+        what = (
+            f"width {cfg.width}, resolution {cfg.resolution}, {cfg.num_classes} classes"
+            if cfg is not None
+            else type(model).__name__
+        )
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
+        raise UserError(f"{source} does not fit MobileNetV2 ({what}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _few(items: Sequence[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(2, "No such file", str(p))
+    if p.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(p))
+    return p

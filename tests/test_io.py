@@ -1,0 +1,101 @@
+"""Our checkpoint format: round trip, metadata, mismatch reports, robust image loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilenetv2 import create_model
+from mobilenetv2.data import ImageError, eval_transform, open_rgb
+from mobilenetv2.errors import UserError
+from mobilenetv2.weights import Preprocessing, load, load_meta, load_state_dict_checked, save
+
+
+def test_roundtrip_rebuilds_model_from_file(tmp_path) -> None:
+    model = create_model("mobilenetv2_035", num_classes=3, padding="tf_same").eval()
+    pre = Preprocessing.tf_inception(96)
+    path = save(model, tmp_path / "m.safetensors", preprocessing=pre, labels=["a", "b", "c"],
+                provenance={"source": "test"}, accuracy={"top1": 50.0})
+    loaded = load(path).eval()
+    x = torch.randn(1, 3, 96, 96)
+    torch.testing.assert_close(loaded(x), model(x))
+    meta = load_meta(path)
+    assert meta.config == model.config and meta.preprocessing == pre
+    assert meta.labels == ["a", "b", "c"] and meta.accuracy == {"top1": 50.0}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_mismatch_names_keys_shapes_width(tmp_path) -> None:
+    model = create_model("mobilenetv2_050")
+    other = create_model("mobilenetv2_035").state_dict()
+    with pytest.raises(UserError, match=r"width 0.5, resolution 224.*shape mismatch"):
+        load_state_dict_checked(model, other)
+    sd = {f"module.{k}": v for k, v in model.state_dict().items()}
+    load_state_dict_checked(model, sd)  # DDP prefixes are fine
+    del sd["module.classifier.bias"]
+    sd["module.extra"] = torch.zeros(1)
+    with pytest.raises(UserError, match=r"missing key.*classifier.bias.*unexpected key.*extra"):
+        load_state_dict_checked(model, sd)
+
+
+def test_labels_must_match_classes(tmp_path) -> None:
+    with pytest.raises(ValueError, match="2 labels"):
+        save(create_model("mobilenetv2_035", num_classes=3), tmp_path / "x.safetensors",
+             labels=["a", "b"])
+
+
+def test_foreign_safetensors_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "f.safetensors")
+    with pytest.raises(UserError, match="not a mobilenetv2 checkpoint"):
+        load(tmp_path / "f.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(UserError):
+        load(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_open_rgb_modes(tmp_path, mode: str) -> None:
+    arr = (np.arange(32 * 40) % 256).reshape(32, 40).astype(np.uint8)
+    if mode == "I;16":
+        im = Image.fromarray(arr.astype(np.uint16) * 256)
+    else:
+        im = Image.fromarray(arr).convert(mode)
+    ext = "tiff" if mode in ("CMYK", "I;16") else "png"
+    path = tmp_path / f"im.{ext}"
+    im.save(path)
+    out = open_rgb(path)
+    assert out.mode == "RGB" and out.size == (40, 32)
+
+
+def test_open_rgb_exif_orientation(tmp_path) -> None:
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert open_rgb(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_open_rgb_bad_files(tmp_path) -> None:
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    Image.new("RGB", (64, 64)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    for name, needle in [("zero.jpg", "empty"), ("text.jpg", "not an image"),
+                         ("trunc.png", "truncated"), ("missing.jpg", "no such file")]:
+        with pytest.raises(ImageError, match=needle) as info:
+            open_rgb(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_eval_transform_shapes() -> None:
+    im = Image.new("RGB", (300, 200), (128, 128, 128))
+    x = eval_transform(Preprocessing())(im)
+    assert x.shape == (3, 224, 224)
+    x = eval_transform(Preprocessing(resize=224, crop=224, resize_mode="exact",
+                                     mean=(128 / 255,) * 3, std=(128 / 255,) * 3))(im)
+    assert x.shape == (3, 224, 224) and torch.allclose(x, torch.zeros_like(x), atol=1e-6)
