@@ -99,3 +99,16 @@ def test_eval_transform_shapes() -> None:
     x = eval_transform(Preprocessing(resize=224, crop=224, resize_mode="exact",
                                      mean=(128 / 255,) * 3, std=(128 / 255,) * 3))(im)
     assert x.shape == (3, 224, 224) and torch.allclose(x, torch.zeros_like(x), atol=1e-6)
+
+
+def test_digits_split_is_reproducible_and_stratified() -> None:
+    from mobilenetv2.data.digits import DigitsDataset, digits_arrays
+
+    tr_x, tr_y = digits_arrays("train")
+    te_x, te_y = digits_arrays("test")
+    assert len(tr_y) + len(te_y) == 1797 and len(te_y) == 360
+    assert np.array_equal(te_y, digits_arrays("test")[1])
+    assert set(np.bincount(te_y)) <= {35, 36, 37}
+    img, label = DigitsDataset("test")[0]
+    assert img.size == (8, 8) and img.mode == "RGB" and label == te_y[0]
+    assert te_x.max() == 255

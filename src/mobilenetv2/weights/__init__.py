@@ -17,5 +17,15 @@ __all__ = [
     "load",
     "load_meta",
     "load_state_dict_checked",
+    "load_weights",
     "save",
 ]
+
+
+def load_weights(spec: str):
+    """Model from `--weights SPEC`: today a path to one of our `.safetensors` files.
+
+    The pretrained registry and foreign formats (torchvision, timm, Keras, TFLite) extend
+    this in `mobilenetv2.weights.pretrained`.
+    """
+    return load(spec)
