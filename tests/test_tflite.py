@@ -177,9 +177,9 @@ def test_truncated_tflite_file(tmp_path: Path, fixtures_dir: Path) -> None:
 # object API that ai-edge-litert ships (schema_py_generated: ModelT ... Pack), so the
 # interpreter itself is the judge of each file.
 
-OPS = {"ADD": 0, "AVERAGE_POOL_2D": 1, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "RESHAPE": 22,
-       "SOFTMAX": 25}
-FLOAT32, INT32, UINT8, INT8 = 0, 2, 3, 9
+OPS = {"ADD": 0, "AVERAGE_POOL_2D": 1, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "DEQUANTIZE": 6,
+       "FULLY_CONNECTED": 9, "RESHAPE": 22, "SOFTMAX": 25, "PAD": 34, "MEAN": 40}
+FLOAT32, FLOAT16, INT32, UINT8, INT8 = 0, 1, 2, 3, 9
 
 
 def _schema():
@@ -337,14 +337,20 @@ def test_fixture_rewritten_as_int8_per_channel_matches_interpreter(fixtures_dir:
     _assert_photo_criteria(_compare_on_photos(path, fixtures_dir, converted))
 
 
-def tflite_from_torch(model: MobileNetV2) -> bytes:
+def tflite_from_torch(model: MobileNetV2, keras_layout: bool = False,
+                      fp16: bool = False) -> bytes:
     """A float .tflite laid out like the official TF-slim conversions, from one of our
     models (config padding="tf_same"): BN folded into conv weights and biases, OHWI / 1HWC
     weights, SAME padding, fused ReLU6, ADD, AVERAGE_POOL_2D, 1x1 CONV_2D logits, RESHAPE,
-    SOFTMAX. Outputs: logits, then probabilities."""
+    SOFTMAX. Outputs: logits, then probabilities.
+
+    `keras_layout`: what converting a Keras model gives instead: stride-2 convs as PAD +
+    VALID, MEAN over height and width, FULLY_CONNECTED logits. `fp16`: float16 weights
+    widened by DEQUANTIZE ops (TFLite's "float16 quantization")."""
     s = _schema()
     size = model.config.resolution
     tensors, buffers, operators, codes = [], [s.BufferT()], [], {}
+    dequant_ops = []
 
     def tensor(shape, data=None, ttype=FLOAT32) -> int:
         buf = s.BufferT()
@@ -355,13 +361,21 @@ def tflite_from_torch(model: MobileNetV2) -> bytes:
                                  name=f"t{len(tensors)}"))
         return len(tensors) - 1
 
-    def op(kind, inputs, outputs, opt_type=0, opts=None) -> None:
+    def op(kind, inputs, outputs, opt_type=0, opts=None, into=operators) -> None:
         if kind not in codes:
             codes[kind] = s.OperatorCodeT(builtinCode=OPS[kind],
                                           deprecatedBuiltinCode=OPS[kind], version=1)
-        operators.append(s.OperatorT(opcodeIndex=list(codes).index(kind), inputs=inputs,
-                                     outputs=outputs, builtinOptionsType=opt_type,
-                                     builtinOptions=opts))
+        into.append(s.OperatorT(opcodeIndex=list(codes).index(kind), inputs=inputs,
+                                outputs=outputs, builtinOptionsType=opt_type,
+                                builtinOptions=opts))
+
+    def weight(arr) -> int:
+        if not fp16:
+            return tensor(arr.shape, arr)
+        half = tensor(arr.shape, arr.astype(np.float16), FLOAT16)
+        out = tensor(arr.shape)
+        op("DEQUANTIZE", [half], [out], into=dequant_ops)
+        return out
 
     def conv(x, hw, cba, depthwise=False):
         w, bn = cba.conv.weight.detach().double(), cba.bn
@@ -373,14 +387,23 @@ def tflite_from_torch(model: MobileNetV2) -> bytes:
         wt = wf[:, 0].permute(1, 2, 0)[None] if depthwise else wf.permute(0, 2, 3, 1)
         y = tensor([1, out_hw, out_hw, w.shape[0]])
         act = 3 if "act" in dict(cba.named_children()) else 0
+        padding = 0  # SAME
+        if keras_layout and stride > 1:
+            from mobilenetv2.model.layers import tf_same_padding
+
+            a, b = tf_same_padding(hw, 3, stride)
+            pads = np.array([[0, 0], [a, b], [a, b], [0, 0]], np.int32)
+            padded = tensor([1, hw + a + b, hw + a + b, tensors[x].shape[3]])
+            op("PAD", [x, tensor([4, 2], pads, INT32)], [padded], 22, s.PadOptionsT())
+            x, padding = padded, 1  # VALID
         if depthwise:
-            opts = s.DepthwiseConv2DOptionsT(padding=0, strideW=stride, strideH=stride,
+            opts = s.DepthwiseConv2DOptionsT(padding=padding, strideW=stride, strideH=stride,
                                              depthMultiplier=1, fusedActivationFunction=act)
         else:
-            opts = s.Conv2DOptionsT(padding=0, strideW=stride, strideH=stride,
+            opts = s.Conv2DOptionsT(padding=padding, strideW=stride, strideH=stride,
                                     fusedActivationFunction=act)
         op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D",
-           [x, tensor(wt.shape, wt.numpy()), tensor([w.shape[0]], bf.numpy())], [y],
+           [x, weight(wt.numpy()), tensor([w.shape[0]], bf.numpy())], [y],
            2 if depthwise else 1, opts)
         return y, out_hw
 
@@ -397,31 +420,42 @@ def tflite_from_torch(model: MobileNetV2) -> bytes:
             op("ADD", [block_in, x], [y], 11, s.AddOptionsT())
             x = y
     x, hw = conv(x, hw, model.head)
-    pooled = tensor([1, 1, 1, model.num_features])
-    op("AVERAGE_POOL_2D", [x], [pooled], 5,
-       s.Pool2DOptionsT(padding=1, strideW=1, strideH=1, filterWidth=hw, filterHeight=hw))
-    n = model.num_classes
-    w = model.classifier.weight.detach().reshape(n, 1, 1, -1)
-    logits4 = tensor([1, 1, 1, n])
-    op("CONV_2D", [pooled, tensor(w.shape, w.numpy()),
-                   tensor([n], model.classifier.bias.detach().numpy())], [logits4], 1,
-       s.Conv2DOptionsT(padding=0, strideW=1, strideH=1))
-    logits = tensor([1, n])
-    op("RESHAPE", [logits4, tensor([2], np.array([1, n], np.int32), INT32)], [logits], 17,
-       s.ReshapeOptionsT(newShape=[1, n]))
+    n, c = model.num_classes, model.num_features
+    if keras_layout:
+        pooled = tensor([1, c])
+        op("MEAN", [x, tensor([2], np.array([1, 2], np.int32), INT32)], [pooled], 27,
+           s.ReducerOptionsT(keepDims=False))
+        logits = tensor([1, n])
+        op("FULLY_CONNECTED", [pooled, weight(model.classifier.weight.detach().numpy()),
+                               tensor([n], model.classifier.bias.detach().numpy())],
+           [logits], 8, s.FullyConnectedOptionsT())
+    else:
+        pooled = tensor([1, 1, 1, c])
+        op("AVERAGE_POOL_2D", [x], [pooled], 5,
+           s.Pool2DOptionsT(padding=1, strideW=1, strideH=1, filterWidth=hw, filterHeight=hw))
+        w = model.classifier.weight.detach().reshape(n, 1, 1, -1)
+        logits4 = tensor([1, 1, 1, n])
+        op("CONV_2D", [pooled, weight(w.numpy()),
+                       tensor([n], model.classifier.bias.detach().numpy())], [logits4], 1,
+           s.Conv2DOptionsT(padding=0, strideW=1, strideH=1))
+        logits = tensor([1, n])
+        op("RESHAPE", [logits4, tensor([2], np.array([1, n], np.int32), INT32)], [logits], 17,
+           s.ReshapeOptionsT(newShape=[1, n]))
     probs = tensor([1, n])
     op("SOFTMAX", [logits], [probs], 9, s.SoftmaxOptionsT(beta=1.0))
+    operators[:0] = dequant_ops  # weights are widened before anything runs
     graph = s.SubGraphT(tensors=tensors, inputs=[x0], outputs=[logits, probs],
                         operators=operators, name="main")
     return _pack(s.ModelT(version=3, operatorCodes=list(codes.values()), subgraphs=[graph],
                           buffers=buffers, description="synthesized for tests"))
 
 
-def _random_model(width: float, resolution: int, seed: int) -> MobileNetV2:
+def _random_model(width: float, resolution: int, seed: int,
+                  num_classes: int = 1001) -> MobileNetV2:
     from mobilenetv2.config import ModelConfig
 
     torch.manual_seed(seed)
-    model = MobileNetV2(ModelConfig(width=width, resolution=resolution, num_classes=1001,
+    model = MobileNetV2(ModelConfig(width=width, resolution=resolution, num_classes=num_classes,
                                     padding="tf_same", bn_eps=1e-3))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -596,3 +630,38 @@ def test_synthesized_quantized_models_of_other_widths(width: float, resolution: 
     print(f"\nsynthesized {scheme} width {width} at {resolution}: max |logit diff| vs "
           f"interpreter {worst:.3f} (logit range {spread:.1f}, {100 * worst / spread:.1f}%)")
     assert worst <= 0.1 * spread
+
+
+@pytest.mark.parametrize(("keras_layout", "fp16"), [(True, False), (False, True), (True, True)])
+def test_synthesized_keras_layout_and_float16_weights(keras_layout: bool, fp16: bool,
+                                                      tmp_path: Path) -> None:
+    """The other layouts converters write: PAD + VALID convs, MEAN pooling and a
+    FULLY_CONNECTED classifier with 1000 classes (a converted Keras model), and float16
+    weights behind DEQUANTIZE ops. 99 px makes some stride-2 inputs odd (pads (1, 1))."""
+    torch_model = _random_model(0.5, 99, seed=11, num_classes=1000)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_from_torch(torch_model, keras_layout=keras_layout, fp16=fp16))
+    converted = convert_tflite(path)
+    cfg = converted.meta.config
+    assert (cfg.width, cfg.resolution, cfg.num_classes) == (0.5, 99, 1000)
+    assert converted.meta.labels[0] == "tench"  # 1000 classes: no background
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 99, 99, 3)).astype(np.float32)
+    ref = _interp_logits(path, x)
+    with torch.no_grad():
+        ours = _ours(converted)(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    diff = float(np.abs(ours - ref).max())
+    print(f"\nsynthesized keras_layout={keras_layout} fp16={fp16}: max |logit diff| vs "
+          f"interpreter {diff:.2e} (logits up to {np.abs(ref).max():.1f})")
+    assert diff <= 1e-4
+
+
+def test_wrong_activation_is_refused(tmp_path: Path) -> None:
+    """A ReLU where MobileNetV2 has ReLU6 must fail loudly, naming the operator."""
+    s = _schema()
+    data = tflite_from_torch(_random_model(0.35, 96, seed=3))
+    model = s.ModelT.InitFromPackedBuf(data, 0)
+    model.subgraphs[0].operators[4].builtinOptions.fusedActivationFunction = 1  # RELU
+    path = tmp_path / "relu.tflite"
+    path.write_bytes(_pack(model))
+    with pytest.raises(UserError, match="operator 4 .* fused activation relu, expected relu6"):
+        convert_tflite(path)
