@@ -106,9 +106,9 @@ def write_legacy_h5(model, path: Path) -> None:
             g.attrs["weight_names"] = names
 
 
-def _report(what: str, ref: np.ndarray, ours: np.ndarray) -> float:
+def _report(what: str, ref: np.ndarray, ours: np.ndarray, noun: str = "logit") -> float:
     diff = float(np.abs(ref - ours).max())
-    print(f"\n{what}: max |logit diff| = {diff:.2e} (logits up to {np.abs(ref).max():.1f})")
+    print(f"\n{what}: max |{noun} diff| = {diff:.2e} ({noun}s up to {np.abs(ref).max():.1f})")
     return diff
 
 
@@ -193,7 +193,7 @@ def test_include_top_false(tmp_path: Path) -> None:
     x = _inputs()
     ref, ours = _keras_out(model, x), _our_out(_ours(converted, backbone=True), x)
     assert ref.shape == ours.shape
-    assert _report("keras include_top=False features", ref, ours) <= TOL
+    assert _report("keras include_top=False", ref, ours, "feature") <= TOL
     # The same from the _no_top.h5 layout.
     path = tmp_path / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_{ROWS}_no_top.h5"
     write_legacy_h5(model, path)

@@ -136,7 +136,10 @@ def _layers_from_h5(path: Path) -> tuple[list[_Layer], dict[str, Any]]:
     except UserError:
         raise
     except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path}: unreadable or corrupt HDF5 file ({e})") from e
+        raise UserError(
+            f"{path}: unreadable or corrupt HDF5 file ({e}); a '.keras' archive: load it with "
+            "keras.saving.load_model() and pass the model"
+        ) from e
     info: dict[str, Any] = {"rows": None, "alpha": None}
     m = _FILE_RE.search(path.name)
     if m:
