@@ -183,14 +183,14 @@ def test_registry_entries_are_complete() -> None:
 def test_torchvision_v2_categories_match_labels() -> None:
     from torchvision.models import MobileNet_V2_Weights
 
-    from mobilenetv2.weights.labels import imagenet_labels
+    from mobilenetv2.weights.imagenet import imagenet_labels
 
     assert imagenet_labels(1000) == MobileNet_V2_Weights.IMAGENET1K_V2.meta["categories"]
     assert imagenet_labels(1001)[0] == "background" and imagenet_labels(1001)[1] == "tench"
 
 
 def test_tflite_labels_against_fixture(fixtures_dir) -> None:
-    from mobilenetv2.weights.labels import imagenet_labels
+    from mobilenetv2.weights.imagenet import imagenet_labels
 
     theirs = (fixtures_dir / "imagenet_labels.txt").read_text().splitlines()
     ours = imagenet_labels(1001)

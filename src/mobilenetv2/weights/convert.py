@@ -118,7 +118,7 @@ def convert_file(
     else:
         conv = _convert_tflite_file(p)
     if conv.meta.labels is None and conv.meta.config.num_classes in (1000, 1001):
-        from mobilenetv2.weights.labels import imagenet_labels
+        from mobilenetv2.weights.imagenet import imagenet_labels
 
         conv.meta.labels = imagenet_labels(conv.meta.config.num_classes)
         conv.meta.provenance["labels"] = "ImageNet (assumed from the class count)"

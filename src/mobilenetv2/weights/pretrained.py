@@ -275,7 +275,7 @@ def load_pretrained(name: str, *, progress: bool = True) -> nn.Module:
     provenance (URL, sha256 of the downloaded file).
     """
     from mobilenetv2.weights.convert import convert_file, model_from_converted
-    from mobilenetv2.weights.labels import imagenet_labels
+    from mobilenetv2.weights.imagenet import imagenet_labels
 
     entry = _entry(name)
     converted_path = cache_dir() / "converted" / f"{entry.name}.safetensors"

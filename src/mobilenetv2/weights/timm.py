@@ -27,8 +27,8 @@ import torch
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import STAGES, ArchSpec, BlockSpec
+from mobilenetv2.weights.imagenet import imagenet_labels
 from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta, read_state_dict
-from mobilenetv2.weights.labels import imagenet_labels
 from mobilenetv2.weights.layout import Layout, convert_state_dict
 
 __all__ = ["LAYOUT", "TIMM_PREPROCESSING", "convert_timm", "looks_like_timm"]

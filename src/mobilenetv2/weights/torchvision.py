@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.weights.imagenet import imagenet_labels
 from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta, read_state_dict
-from mobilenetv2.weights.labels import imagenet_labels
 from mobilenetv2.weights.layout import Layout, convert_state_dict
 
 __all__ = ["LAYOUT", "convert_torchvision", "looks_like_torchvision"]
