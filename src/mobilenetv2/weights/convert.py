@@ -108,7 +108,7 @@ def convert_file(
             from mobilenetv2.weights.torchvision import convert_torchvision as fn
         else:
             from mobilenetv2.weights.timm import convert_timm as fn
-        conv = fn(state)
+        conv = fn(state, name=str(p))
         if nested:
             conv.meta.provenance["checkpoint_key"] = nested
     elif fmt == "keras":

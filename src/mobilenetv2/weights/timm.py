@@ -75,6 +75,7 @@ def convert_timm(
     *,
     preprocessing: Preprocessing | None = None,
     labels: list[str] | None = None,
+    name: str | None = None,
 ) -> Converted:
     """A timm `mobilenetv2_*` state dict or file (`.pth`, `.bin`, `.safetensors`) -> ours.
 
@@ -82,8 +83,10 @@ def convert_timm(
         source: A state dict, or a path read safely (never unpickled).
         preprocessing: Defaults to timm's pretrained config for these models.
         labels: Defaults to the ImageNet names for a 1000-class model, else none.
+        name: What error messages call the source (default: its path).
     """
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    if name is None:
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
     nested = None
     state = source if isinstance(source, Mapping) else None
     if state is None:

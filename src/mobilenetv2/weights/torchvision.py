@@ -58,6 +58,7 @@ def convert_torchvision(
     *,
     preprocessing: Preprocessing | None = None,
     labels: list[str] | None = None,
+    name: str | None = None,
 ) -> Converted:
     """A torchvision `mobilenet_v2` state dict (any width) or `.pth` file -> our weights.
 
@@ -66,8 +67,10 @@ def convert_torchvision(
         preprocessing: Defaults to torchvision's IMAGENET1K_V1 eval transform (resize 256,
             crop 224, bilinear, ImageNet mean/std); pass IMAGENET1K_V2's (resize 232) for it.
         labels: Defaults to the ImageNet names for a 1000-class model, else none.
+        name: What error messages call the source (default: its path).
     """
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    if name is None:
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
     nested = None
     state = source if isinstance(source, Mapping) else None
     if state is None:
