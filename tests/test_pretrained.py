@@ -227,3 +227,58 @@ def test_extract_member_is_safe(tmp_path) -> None:
     (tmp_path / "bad.tgz").write_bytes(archive.read_bytes()[:40])
     with pytest.raises(UserError, match="corrupt or truncated archive"):
         extract_member(tmp_path / "bad.tgz", None, out_dir)
+
+
+def test_cli_offline_name_is_one_line(tmp_path, cache, monkeypatch, capsys) -> None:
+    from mobilenetv2.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = _entry(f"http://127.0.0.1:{port}/mobilenet_v2-b0353104.pth", "b0353104")
+    monkeypatch.setitem(pt.PRETRAINED, entry.name, entry)
+    rc = main(["predict", str(tmp_path), "--weights", "test_tv"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and entry.url in err[0] and "--weights /path/to" in err[0]
+
+
+def test_foreign_safetensors_state_dict_is_converted(tmp_path) -> None:
+    timm = pytest.importorskip("timm", reason="timm (peers extra) not installed")
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("mobilenetv2_050", pretrained=False).eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              tmp_path / "model.safetensors")  # the Hugging Face hub layout of timm weights
+    model = load_weights(str(tmp_path / "model.safetensors"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+def test_tflite_archive_served_downloaded_converted(fixtures_dir, server, cache,
+                                                   monkeypatch) -> None:
+    """The hosted-model path end to end: a .tgz like the official one (the fixture model plus
+    the other files those archives hold), served locally, hash-checked, safely extracted,
+    converted, cached; then it classifies a real photo."""
+    from mobilenetv2.predict import predict
+
+    root, base = server
+    archive = root / "mobilenet_v2_1.0_224_quant.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(fixtures_dir / "mobilenet_v2_1.0_224_quant.tflite",
+                arcname="./mobilenet_v2_1.0_224_quant.tflite")
+        info = tarfile.TarInfo("./mobilenet_v2_1.0_224_quant_info.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"info\n"))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    entry = replace(pt.PRETRAINED["tflite_1.0_224_quant"], url=f"{base}/{archive.name}",
+                    sha256=digest)
+    monkeypatch.setitem(pt.PRETRAINED, entry.name, entry)
+    model = load_weights(entry.name)
+    meta = model.meta
+    assert meta.accuracy == {"top1": 70.8, "top5": 89.9} and meta.config.num_classes == 1001
+    assert meta.provenance["archive_member"] == "mobilenet_v2_1.0_224_quant.tflite"
+    assert meta.provenance["source_sha256"] == digest and meta.labels[0] == "background"
+    [result] = predict(model, [fixtures_dir / "cat.bmp"], topk=1)
+    assert result.top[0][1] == "Egyptian cat"
+    assert (cache / "converted" / f"{entry.name}.safetensors").is_file()

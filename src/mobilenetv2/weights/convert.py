@@ -84,9 +84,17 @@ def _layout_of(state: dict[str, Any], path: Path) -> str:
 
 
 def convert_file(
-    path: str | os.PathLike, fmt: str | None = None, *, use_ema: bool = False
+    path: str | os.PathLike, fmt: str | None = None, *, use_ema: bool = False,
+    member: str | None = None,
 ) -> Converted:
-    """Convert a foreign weights file, recording its path and sha256 in the provenance."""
+    """Convert a foreign weights file, recording its path and sha256 in the provenance.
+
+    Args:
+        path: The file.
+        fmt: torchvision, timm, keras or tflite; detected when None.
+        use_ema: Take the EMA weights of a training checkpoint.
+        member: For a `.tgz` archive, the file inside to convert (default: its one .tflite).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(2, "No such file", str(p))
@@ -116,7 +124,7 @@ def convert_file(
 
         conv = convert_keras(str(p))
     else:
-        conv = _convert_tflite_file(p)
+        conv = _convert_tflite_file(p, member)
     if conv.meta.labels is None and conv.meta.config.num_classes in (1000, 1001):
         from mobilenetv2.weights.imagenet import imagenet_labels
 
@@ -128,13 +136,13 @@ def convert_file(
     return conv
 
 
-def _convert_tflite_file(p: Path) -> Converted:
+def _convert_tflite_file(p: Path, member: str | None) -> Converted:
     from mobilenetv2.weights.tflite import convert_tflite
 
     if not p.name.lower().endswith(_ARCHIVE_SUFFIXES):
         return convert_tflite(str(p))
     with tempfile.TemporaryDirectory() as tmp:
-        inner = extract_member(p, None, Path(tmp))
+        inner = extract_member(p, member, Path(tmp))
         conv = convert_tflite(str(inner))
         conv.meta.provenance["archive_member"] = inner.name
         return conv

@@ -286,7 +286,7 @@ def load_pretrained(name: str, *, progress: bool = True) -> nn.Module:
             log.warning("%s; converting again", e)
             converted_path.unlink()
     original = fetch(name, progress=progress)
-    conv = convert_file(original, entry.format)
+    conv = convert_file(original, entry.format, member=entry.member)
     got, want = conv.meta.config, entry.config
     if (got.width, got.num_classes) != (want.width, want.num_classes):
         raise UserError(
