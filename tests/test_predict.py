@@ -162,3 +162,21 @@ def test_fixture_tflite_converted_then_predicted(fixtures_dir, tmp_path, capsys)
         top = r["top"][0]
         print(f"{name}: {top['label']} {top['probability']:.3f}")
         assert top["label"] == FIXTURE_TOP1[name]
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_cli_convert_keras_h5_detected(tmp_path) -> None:
+    """A legacy Keras `.h5` (the official files' layout) converts with the format detected
+    from the suffix, and the file agrees with the live Keras model."""
+    helpers = pytest.importorskip("test_keras", reason="needs keras (peers extra)")
+    model = helpers._keras_model(0.35)
+    src = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96.h5"
+    helpers.write_legacy_h5(model, src)
+    out = tmp_path / "k.safetensors"
+    assert main(["convert", str(src), "-o", str(out)]) == 0
+    meta = load_meta(out)
+    assert meta.provenance["format"] == "keras" and meta.config.width == 0.35
+    assert meta.config.padding == "tf_same" and meta.provenance["source_sha256"]
+    x = helpers._inputs()
+    diff = np.abs(helpers._keras_out(model, x) - helpers._our_out(load_weights(str(out)), x))
+    assert float(diff.max()) <= 1e-4
