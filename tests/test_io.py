@@ -157,6 +157,9 @@ def test_read_state_dict_unwraps_training_checkpoints(tmp_path) -> None:
         state, nested = read_state_dict(tmp_path / f"{key}.pth", use_ema=True)
         assert nested == "model_ema" and torch.equal(state["a.weight"], torch.full((2,), 3.0))
         assert "n_averaged" not in state
+    torch.save({"model_ema": ema, "epoch": 1}, tmp_path / "ema_only.pth")
+    state, nested = read_state_dict(tmp_path / "ema_only.pth")
+    assert nested == "model_ema" and torch.equal(state["a.weight"], torch.full((2,), 3.0))
     torch.save(sd, tmp_path / "plain.pt")
     assert read_state_dict(tmp_path / "plain.pt")[1] is None
     with pytest.raises(UserError, match="no EMA weights"):

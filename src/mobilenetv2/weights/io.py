@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 
 # Where training scripts nest the weights: torchvision's reference scripts save
 # {"model", "model_ema", ...}, timm's {"state_dict", "state_dict_ema", ...}, Lightning
-# {"state_dict"}. The plain weights come first (timm's `load_checkpoint` default); EMA only
-# when asked for, because silently picking either one changes the numbers.
+# {"state_dict"}. The plain weights come first (timm's `load_checkpoint` default); EMA when
+# asked for or when it is the only copy; the key used is logged and kept in the provenance.
 NESTED_KEYS = ("state_dict", "model")
 NESTED_EMA_KEYS = ("model_ema", "state_dict_ema")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -336,7 +336,8 @@ def _unwrap(
             f"{path}: holds a {type(raw).__name__}, not a state dict (a mapping of names to "
             f"tensors)"
         )
-    order = NESTED_EMA_KEYS if use_ema else NESTED_KEYS
+    # EMA weights only on request, or when they are all the checkpoint holds.
+    order = NESTED_EMA_KEYS if use_ema else (*NESTED_KEYS, *NESTED_EMA_KEYS)
     key = next((k for k in order if isinstance(raw.get(k), Mapping)), None)
     if use_ema and key is None:
         raise UserError(
