@@ -114,3 +114,17 @@ def test_timm_deeper_variants_refused() -> None:
     sd = timm.create_model("mobilenetv2_110d", pretrained=False).state_dict()
     with pytest.raises(UserError, match=r"blocks per stage \(1, 3, 4, 5, 4, 4, 1\).*110d"):
         convert_timm(sd)
+
+
+def test_torchvision_file_without_num_batches_tracked(tmp_path) -> None:
+    """Files saved before torch 0.4.1 (like the original torchvision release) have no
+    `num_batches_tracked`; they convert, and a `.pth` is read through the safe loader."""
+    import torchvision
+
+    ref = randomize(torchvision.models.mobilenet_v2(width_mult=0.5))
+    sd = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "mobilenet_v2-old.pth")
+    ours = ours_from(convert_torchvision(tmp_path / "mobilenet_v2-old.pth"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(ref(x), ours(x)) <= TOL
