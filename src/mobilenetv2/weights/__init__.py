@@ -44,8 +44,9 @@ def load_weights(spec: str):
             from mobilenetv2.errors import UserError
 
             raise UserError(
-                f"--weights {spec!r} is neither a file nor a known pretrained name; known: "
-                f"{', '.join(PRETRAINED)}"
+                f"--weights {spec!r} is neither a file nor a known pretrained name (e.g. "
+                f"{', '.join(list(PRETRAINED)[:4])}; `mobilenetv2 pretrained` lists all "
+                f"{len(PRETRAINED)})"
             )
         raise FileNotFoundError(2, "No such file", spec)
     if spec.endswith(".safetensors") and _is_ours(spec):

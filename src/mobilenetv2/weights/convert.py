@@ -60,7 +60,7 @@ def detect_format(path: str | os.PathLike) -> str:
     raise UserError(
         f"{p}: unknown weights format (suffix {p.suffix or 'none'}); expected .pth/.pt "
         f"(torchvision, timm), .safetensors, .h5 (Keras), .tflite or .tgz (TensorFlow Lite); "
-        f"or say which with --from {{{','.join(FORMATS)}}}"
+        f"or name the format: mobilenetv2 convert --from {{{','.join(FORMATS)}}}"
     )
 
 
@@ -98,6 +98,8 @@ def convert_file(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(2, "No such file", str(p))
+    if p.is_dir():
+        raise IsADirectoryError(21, "Is a directory, not a weights file", str(p))
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if p.name.endswith(".safetensors") and _is_ours(p):
