@@ -220,8 +220,7 @@ def _arch_facts(arch: ArchSpec) -> dict[str, Any]:
 def _infer_config(found: _Found, base: ModelConfig, alpha: float | None, source: str
                   ) -> ModelConfig:
     facts = _facts(found)
-    candidates = ([alpha] if alpha else []) + list(KERAS_ALPHAS) + [k / 100 for k in
-                                                                    range(5, 401)]
+    candidates = ([alpha] if alpha else []) + list(KERAS_ALPHAS) + _grid(facts)
     for width in candidates:
         for fine in (True, False):
             cfg = base.replace(width=width, finegrain_classification_mode=fine)
@@ -360,3 +359,10 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _grid(facts: dict[str, Any]) -> list[float]:
+    """Widths 0.05 ... 4.00 in steps of 0.01, nearest first to the one the last stage
+    suggests (320 x width channels), so an equivalent width is also the most natural one."""
+    guess = facts["blocks"][-1][2] / 320 if facts["blocks"] else 1.0
+    return sorted((k / 100 for k in range(5, 401)), key=lambda w: (abs(w - guess), w))

@@ -516,7 +516,7 @@ def _arch_facts(arch: ArchSpec) -> dict[str, Any]:
 def _infer_config(net: _Network, resolution: int, num_classes: int, source: str) -> ModelConfig:
     """The `ModelConfig` whose `resolve()` reproduces every layer of the file.
 
-    Official widths are tried first, then any width in steps of 0.01 up to 4; several widths
+    Official widths are tried first, then widths 0.05 to 4 in steps of 0.01; several widths
     can round to the same channels, and then each is the same network.
     """
     facts = _layer_facts(net)
@@ -533,7 +533,7 @@ def _infer_config(net: _Network, resolution: int, num_classes: int, source: str)
         output_stride=output_stride,
         small_input=facts["stem_stride"] == 1,
     )
-    candidates = list(OFFICIAL_WIDTHS) + [k / 100 for k in range(5, 401)]
+    candidates = list(OFFICIAL_WIDTHS) + _grid(facts)
     for width in candidates:
         for fine in (True, False):
             cfg = base.replace(width=width, finegrain_classification_mode=fine)
@@ -762,3 +762,10 @@ def _preprocessing(inp: TensorInfo, size: int, source: str) -> tuple[Preprocessi
         std=(std,) * 3,
     )
     return pre, desc
+
+
+def _grid(facts: dict[str, Any]) -> list[float]:
+    """Widths 0.05 ... 4.00 in steps of 0.01, nearest first to the one the last stage
+    suggests (320 x width channels), so an equivalent width is also the most natural one."""
+    guess = facts["blocks"][-1][2] / 320 if facts["blocks"] else 1.0
+    return sorted((k / 100 for k in range(5, 401)), key=lambda w: (abs(w - guess), w))
