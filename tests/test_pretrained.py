@@ -99,6 +99,11 @@ def test_download_once_verify_convert(server, cache, monkeypatch) -> None:
     assert _Handler.requests == [f"/{path.name}"]
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(again(x), model(x))
+    # A registry change (here the preprocessing) rebuilds the converted file, not the download.
+    changed = replace(entry, preprocessing=replace(entry.preprocessing, resize=232))
+    monkeypatch.setitem(pt.PRETRAINED, entry.name, changed)
+    assert load_weights("test_tv").meta.preprocessing.resize == 232
+    assert _Handler.requests == [f"/{path.name}"]
 
 
 def test_full_sha256_and_missing_hash(server, cache, monkeypatch) -> None:

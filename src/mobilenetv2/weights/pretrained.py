@@ -281,10 +281,17 @@ def load_pretrained(name: str, *, progress: bool = True) -> nn.Module:
     converted_path = cache_dir() / "converted" / f"{entry.name}.safetensors"
     if converted_path.is_file():
         try:
-            return load(converted_path).eval()
+            model = load(converted_path).eval()
         except UserError as e:  # a damaged cache file is rebuilt, not fatal
             log.warning("%s; converting again", e)
             converted_path.unlink()
+        else:
+            meta = model.meta
+            if (meta.provenance.get("url"), meta.preprocessing, meta.accuracy) == (
+                entry.url, entry.preprocessing, entry.accuracy
+            ):
+                return model
+            log.info("%s: made from an older registry entry; converting again", converted_path)
     original = fetch(name, progress=progress)
     conv = convert_file(original, entry.format, member=entry.member)
     got, want = conv.meta.config, entry.config
