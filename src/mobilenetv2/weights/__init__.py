@@ -33,14 +33,18 @@ def load_weights(spec: str):
     """
     import os
 
-    from mobilenetv2.weights.convert import convert_file, model_from_converted
+    from mobilenetv2.weights.convert import (
+        convert_file,
+        is_our_checkpoint,
+        model_from_converted,
+    )
     from mobilenetv2.weights.pretrained import PRETRAINED, load_pretrained
 
     spec = os.fspath(spec)
     if spec in PRETRAINED:
         return load_pretrained(spec)
     if not os.path.exists(spec):
-        if os.sep not in spec and "." not in os.path.basename(spec):
+        if os.sep not in spec:  # a bare word: a mistyped name more likely than a file
             from mobilenetv2.errors import UserError
 
             raise UserError(
@@ -49,14 +53,6 @@ def load_weights(spec: str):
                 f"{len(PRETRAINED)})"
             )
         raise FileNotFoundError(2, "No such file", spec)
-    if spec.endswith(".safetensors") and _is_ours(spec):
+    if spec.endswith(".safetensors") and is_our_checkpoint(spec):
         return load(spec).eval()
     return model_from_converted(convert_file(spec))
-
-
-def _is_ours(path: str) -> bool:
-    from pathlib import Path
-
-    from mobilenetv2.weights.convert import _is_ours as check
-
-    return check(Path(path))

@@ -34,6 +34,7 @@ __all__ = [
     "convert_file",
     "detect_format",
     "extract_member",
+    "is_our_checkpoint",
     "model_from_converted",
 ]
 
@@ -102,7 +103,7 @@ def convert_file(
         raise IsADirectoryError(21, "Is a directory, not a weights file", str(p))
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if p.name.endswith(".safetensors") and _is_ours(p):
+    if p.name.endswith(".safetensors") and is_our_checkpoint(p):
         raise UserError(f"{p}: already a mobilenetv2 checkpoint; nothing to convert")
     state = None
     if fmt in (None, "torchvision", "timm") and p.name.lower().endswith(
@@ -217,7 +218,8 @@ def convert(
     )
 
 
-def _is_ours(p: Path) -> bool:
+def is_our_checkpoint(p: str | os.PathLike) -> bool:
+    """Whether `p` is a safetensors file with our metadata (False if unreadable)."""
     from safetensors import safe_open
 
     try:
