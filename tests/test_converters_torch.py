@@ -107,6 +107,23 @@ def test_timm_parity(name: str) -> None:
                                       "140": 1.4}[name[-3:]]
 
 
+@pytest.mark.parametrize("width", [0.6, 1.2])
+def test_timm_other_widths_follow_the_same_rounding(width: float) -> None:
+    """timm's own builder at widths it ships no variant for: same channels, same logits."""
+    pytest.importorskip("timm", reason="timm (peers extra) not installed")
+    from timm.models.efficientnet import _gen_mobilenet_v2
+
+    from mobilenetv2.weights.timm import convert_timm
+
+    ref = randomize(_gen_mobilenet_v2("mobilenetv2_100", width, pretrained=False))
+    ours = ours_from(convert_timm(ref.state_dict()))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        diff = max_diff(ref(x), ours(x))
+    print(f"timm channel_multiplier {width}: logits max abs diff {diff:.3g}")
+    assert diff <= TOL
+
+
 def test_timm_deeper_variants_refused() -> None:
     timm = pytest.importorskip("timm", reason="timm (peers extra) not installed")
     from mobilenetv2.weights.timm import convert_timm
