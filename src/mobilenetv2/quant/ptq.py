@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,10 +169,10 @@ def quantize_onnx(
         metadata: Extra `metadata_props`; the float model's are kept and `precision` is
             set to "int8".
     """
-    require("onnxruntime", "int8 quantization")
+    ort = require("onnxruntime", "int8 quantization")
     onnx = require("onnx", "int8 quantization")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, \
-        quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calibration) == 0:
         raise UserError("no calibration images")
@@ -179,17 +180,23 @@ def quantize_onnx(
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     proto = onnx.load(str(float_path))
     name = proto.graph.input[0].name
-    quantize_static(
-        str(float_path),
-        str(int8_path),
-        _Reader(name, calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-    )
+    ort.set_default_logger_severity(3)
+    with tempfile.TemporaryDirectory(prefix="mobilenetv2-quant-") as tmp:
+        # ONNX Runtime's recommended pre-pass (shape inference, constant folding): without
+        # it the Clip bounds stay behind as Constant nodes beside the QDQ graph.
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(int8_path),
+            _Reader(name, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
     q = onnx.load(str(int8_path))
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(metadata or {})
