@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.export.onnx import export_onnx, onnx_metadata, require
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -40,6 +39,7 @@ __all__ = [
     "onnx_logits",
     "quantize_onnx",
     "quantize_ptq",
+    "read_accuracy",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,8 @@ def quantize_onnx(
         metadata: Extra `metadata_props`; the float model's are kept and `precision` is
             set to "int8".
     """
+    from mobilenetv2.export.onnx import require
+
     ort = require("onnxruntime", "int8 quantization")
     onnx = require("onnx", "int8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -211,6 +213,8 @@ def quantize_onnx(
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits of an ONNX model on ONNX Runtime's CPU provider, in batches."""
+    from mobilenetv2.export.onnx import require
+
     ort = require("onnxruntime", "running an ONNX model")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -247,6 +251,7 @@ def quantize_ptq(
             digits.
         eval_images: Limit the evaluation set.
     """
+    from mobilenetv2.export.onnx import export_onnx
     from mobilenetv2.weights.io import Preprocessing, WeightsMeta
 
     meta = getattr(model, "meta", None) or WeightsMeta(config=model.config)
@@ -282,6 +287,8 @@ def _record_accuracy(result: QuantizeResult) -> None:
     """Write the measured numbers into the int8 file's metadata (`accuracy` key)."""
     import json
 
+    from mobilenetv2.export.onnx import require
+
     onnx = require("onnx", "int8 quantization")
     q = onnx.load(str(result.int8_path))
     props = {p.key: p.value for p in q.metadata_props}
@@ -299,6 +306,8 @@ def _record_accuracy(result: QuantizeResult) -> None:
 def read_accuracy(path: str | os.PathLike) -> dict[str, Any]:
     """The accuracy recorded in an int8 ONNX file by `quantize_ptq` / `quantize_qat`."""
     import json
+
+    from mobilenetv2.export.onnx import onnx_metadata
 
     return json.loads(onnx_metadata(path).get("accuracy", "{}") or "{}")
 
