@@ -170,6 +170,7 @@ def export_onnx(
                 dynamic_shapes={"x": dims} if dims else None, verbose=False,
             )
     proto = onnx.load(str(path))
+    _constants_to_initializers(proto)
     del proto.metadata_props[:]
     for key, value in _metadata(model, metadata).items():
         entry = proto.metadata_props.add()
@@ -182,8 +183,24 @@ def export_onnx(
         sizes = [size] + ([size + 13] if dynamic_hw else [])
         diff = verify_onnx(reference, path, sizes=sizes, atol=atol)
     result = ExportResult(path=path, max_abs_diff=diff, format="onnx")
-    log.info("exported %s", result)
+    log.debug("exported %s", result)
     return result
+
+
+def _constants_to_initializers(proto: Any) -> None:
+    """Turn `Constant` nodes (the Clip bounds 0 and 6) into initializers: a graph of only
+    compute ops, with constant bounds every runtime and quantizer folds."""
+    keep = []
+    for node in proto.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and "value" in attrs and not node.domain:
+            tensor = attrs["value"].t
+            tensor.name = node.output[0]
+            proto.graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
 
 
 def verify_onnx(
@@ -244,10 +261,14 @@ def export_torchscript(
         traced = torch.jit.trace(net, (example,), check_trace=False)
         traced = torch.jit.freeze(traced.eval())
     files = {"meta.json": json.dumps(_metadata(model, None))}
-    torch.jit.save(traced, str(path), _extra_files=files)
+    with warnings.catch_warnings():
+        # torch 2.14 marks torch.jit deprecated; TorchScript is still what C++ (libtorch)
+        # deployments load, so it is offered as long as torch ships it.
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(path), _extra_files=files)
+        loaded = torch.jit.load(str(path)) if verify else None
     diff = None
-    if verify:
-        loaded = torch.jit.load(str(path))
+    if loaded is not None:
         x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             diff = float((loaded(x) - reference(x)).abs().max())
