@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from deploy_helpers import random_model
 from torch import nn
 
+from deploy_helpers import random_model
 from mobilenetv2.cli import main
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx, export_torchscript, onnx_metadata, verify_onnx

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from deploy_helpers import random_model
 
+from deploy_helpers import random_model
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx
 from mobilenetv2.infer import AUTO_ORDER, InferenceSession, backend_installed, cpu_has_bf16
@@ -62,6 +62,7 @@ def test_cli_reports_missing_backend_in_one_line(tmp_path, monkeypatch, capsys) 
 
     weights = save(random_model(), tmp_path / "w.safetensors")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
     code = main(["export", "--weights", str(weights), "-o", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and "onnxruntime" in err and "Traceback" not in err

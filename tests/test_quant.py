@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from deploy_helpers import digits_model, digits_model_path
 
+from deploy_helpers import digits_model, digits_model_path
 from mobilenetv2.cli import main
 from mobilenetv2.quant.ptq import labelled_arrays, onnx_logits, quantize_ptq, read_accuracy
 from mobilenetv2.quant.qat import ActFakeQuant, QATConvBNAct, prepare_qat, set_qat_state

@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "export": "export",
     "quantize": "quantize",
     "bench": "bench",
+    "deploy-demo": "deploy_demo",
 }
 
 
