@@ -111,3 +111,17 @@ def test_torch_bf16(model, batch) -> None:
     with torch.no_grad():
         ref = model(torch.from_numpy(batch)).numpy()
     assert out.dtype == np.float32 and np.abs(out - ref).max() < 0.5 * np.abs(ref).max()
+
+
+def test_cli_backend_options_give_a_runner(model, batch) -> None:
+    import argparse
+
+    from mobilenetv2.cli.backend import add_backend_options, session_from_args, session_runner
+
+    p = argparse.ArgumentParser()
+    add_backend_options(p)
+    args = p.parse_args(["--backend", "torch", "--threads", "1"])
+    run = session_runner(session_from_args(model, args))
+    x = torch.from_numpy(batch)
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, x), model(x), atol=1e-4, rtol=0)
