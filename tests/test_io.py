@@ -112,3 +112,61 @@ def test_digits_split_is_reproducible_and_stratified() -> None:
     img, label = DigitsDataset("test")[0]
     assert img.size == (8, 8) and img.mode == "RGB" and label == te_y[0]
     assert te_x.max() == 255
+
+
+class _Evil:
+    """Unpickling this would create a file: proof that nothing from the pickle runs."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path) -> None:
+    from mobilenetv2.weights.io import read_state_dict
+
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"stem.conv.weight": torch.zeros(1), "payload": _Evil(str(target))}, path)
+    assert not target.exists()
+    with pytest.raises(UserError, match=r"evil.pth: refused: loading it would execute code"
+                                        r".*open"):
+        read_state_dict(path)
+    assert not target.exists()
+    # The same through the one entry point every --weights goes through.
+    from mobilenetv2.weights import load_weights
+
+    with pytest.raises(UserError, match="refused"):
+        load_weights(str(path))
+    assert not target.exists()
+
+
+def test_read_state_dict_unwraps_training_checkpoints(tmp_path) -> None:
+    from mobilenetv2.weights.io import read_state_dict
+
+    sd = {"module.a.weight": torch.ones(2), "b": torch.zeros(1)}
+    ema = {"module.a.weight": torch.full((2,), 3.0), "module.b": torch.zeros(1),
+           "n_averaged": torch.tensor(5)}
+    for key in ("state_dict", "model"):
+        torch.save({key: sd, "epoch": 3, "model_ema": ema}, tmp_path / f"{key}.pth")
+        state, nested = read_state_dict(tmp_path / f"{key}.pth")
+        assert nested == key and set(state) == {"a.weight", "b"}
+        assert torch.equal(state["a.weight"], torch.ones(2))
+        state, nested = read_state_dict(tmp_path / f"{key}.pth", use_ema=True)
+        assert nested == "model_ema" and torch.equal(state["a.weight"], torch.full((2,), 3.0))
+        assert "n_averaged" not in state
+    torch.save({"model_ema": ema, "epoch": 1}, tmp_path / "ema_only.pth")
+    state, nested = read_state_dict(tmp_path / "ema_only.pth")
+    assert nested == "model_ema" and torch.equal(state["a.weight"], torch.full((2,), 3.0))
+    torch.save(sd, tmp_path / "plain.pt")
+    assert read_state_dict(tmp_path / "plain.pt")[1] is None
+    with pytest.raises(UserError, match="no EMA weights"):
+        read_state_dict(tmp_path / "plain.pt", use_ema=True)
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(UserError, match="not a state dict"):
+        read_state_dict(tmp_path / "list.pt")
+    (tmp_path / "junk.pth").write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "junk.pth")

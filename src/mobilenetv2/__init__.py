@@ -10,6 +10,7 @@ from mobilenetv2.model import (
 )
 from mobilenetv2.profile import profile
 from mobilenetv2.registry import VARIANTS, create_model
+from mobilenetv2.weights import load, load_weights, save
 
 __version__ = "0.1.0"
 
@@ -20,7 +21,10 @@ __all__ = [
     "MobileNetV2Features",
     "ModelConfig",
     "create_model",
+    "load",
+    "load_weights",
     "make_divisible",
     "profile",
     "resolve",
+    "save",
 ]

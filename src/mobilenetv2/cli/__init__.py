@@ -23,6 +23,9 @@ __all__ = ["VERBS", "build_parser", "main"]
 VERBS: dict[str, str] = {
     "variants": "variants",
     "profile": "profile",
+    "convert": "convert",
+    "pretrained": "pretrained",
+    "predict": "predict",
     "export": "export",
     "quantize": "quantize",
     "bench": "bench",

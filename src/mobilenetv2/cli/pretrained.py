@@ -1,0 +1,39 @@
+"""`mobilenetv2 pretrained`: the registry of downloadable weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from mobilenetv2.weights.pretrained import cache_dir, list_pretrained
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrained",
+        help="list the pretrained weights --weights NAME accepts",
+        description="Named weight sets: source, published ImageNet accuracy, preprocessing "
+        "and URL. `--weights NAME` downloads one once into $MOBILENETV2_CACHE.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = list_pretrained()
+    if args.json:
+        print(json.dumps([
+            {**asdict(e), "config": e.config.to_dict(), "preprocessing": asdict(e.preprocessing)}
+            for e in entries
+        ], indent=2))
+        return 0
+    print(f"{'name':<28}{'format':<13}{'width':>6}{'res':>5}{'top1':>8}{'top5':>8}  "
+          f"{'resize/crop':<12}hash")
+    for e in entries:
+        pre = e.preprocessing
+        print(f"{e.name:<28}{e.format:<13}{e.config.width:>6}{e.config.resolution:>5}"
+              f"{e.accuracy.get('top1', float('nan')):>8.3f}{e.accuracy.get('top5', 0):>8.3f}  "
+              f"{f'{pre.resize}/{pre.crop}':<12}{e.sha256 or '-'}")
+    print(f"cache: {cache_dir()}")
+    return 0

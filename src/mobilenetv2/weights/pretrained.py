@@ -1,0 +1,320 @@
+"""Registry of downloadable pretrained weights: URL, hash, config, preprocessing, labels and
+published accuracy per entry, and a download cache that verifies what it stores.
+
+Sources (all ImageNet-1k, top-1 / top-5 % as published by their authors):
+- torchvision `MobileNet_V2_Weights.IMAGENET1K_V1` / `IMAGENET1K_V2` (torchvision model card;
+  V2 needs resize 232, vision PR#5560). The hash is the 8-hex sha256 prefix torchvision puts in
+  its file names, checked the way `torch.hub` checks it (hexdigest startswith prefix).
+- TensorFlow Lite hosted models (tensorflow/lite/g3doc/models hosted_models.md): float and
+  quantization-aware trained `mobilenet_v2_1.0_224`; `.tgz` archives holding the `.tflite`.
+- Keras Applications (`keras/src/applications/mobilenet_v2.py`, BASE_WEIGHT_PATH): the `.h5`
+  files, converted by Keras from the TF-slim checkpoints whose table (tensorflow/models
+  research/slim/nets/mobilenet/README.md) gives the accuracies: width 0.35-1.0 at 96-224,
+  1.3 and 1.4 at 224 only (the widths and resolutions TF-slim trained). Keras publishes no
+  hash for them: the sha256 of the first download is recorded in the converted file's
+  provenance, and size (Content-Length) is still verified.
+
+Downloads go to `$MOBILENETV2_CACHE` (default `~/.cache/mobilenetv2`), once: a tqdm progress
+bar, a temporary file renamed into place only after the size and hash check, anything
+corrupted or truncated deleted. Offline, one line names the URL and the `--weights PATH`
+alternative.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from mobilenetv2.config import ModelConfig
+from mobilenetv2.errors import UserError
+from mobilenetv2.weights.io import Preprocessing, load, save_state_dict, sha256_file
+
+__all__ = [
+    "PRETRAINED",
+    "PretrainedEntry",
+    "cache_dir",
+    "download",
+    "fetch",
+    "list_pretrained",
+    "load_pretrained",
+]
+
+log = logging.getLogger(__name__)
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+TFLITE_URL = "https://storage.googleapis.com/download.tensorflow.org/models/tflite_11_05_08/"
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """One downloadable weight set.
+
+    Attributes:
+        name: Registry name (`--weights NAME`).
+        url: Where the original file is published.
+        format: Converter to use: torchvision, timm, keras or tflite.
+        config: The architecture the file holds (checked against the converted weights).
+        preprocessing: The eval transform the published accuracy was measured with.
+        accuracy: Published ImageNet-1k top-1 / top-5 (%).
+        sha256: Full hex sha256, or a prefix (torchvision's 8 hex digits); None if the
+            publisher gives none.
+        member: For archives, the file inside to convert.
+        labels: "imagenet" (1000 names, or 1001 with background for TF releases).
+        notes: Where the numbers come from.
+    """
+
+    name: str
+    url: str
+    format: str
+    config: ModelConfig
+    preprocessing: Preprocessing
+    accuracy: dict[str, float] = field(default_factory=dict)
+    sha256: str | None = None
+    member: str | None = None
+    labels: str = "imagenet"
+    notes: str = ""
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+def _torchvision() -> list[PretrainedEntry]:
+    cfg = ModelConfig(width=1.0, resolution=224, num_classes=1000)
+    return [
+        PretrainedEntry(
+            name="torchvision_imagenet1k_v1",
+            url=TORCHVISION_URL + "mobilenet_v2-b0353104.pth",
+            format="torchvision",
+            config=cfg,
+            preprocessing=Preprocessing(resize=256, crop=224),
+            accuracy={"top1": 71.878, "top5": 90.286},
+            sha256="b0353104",
+            notes="torchvision MobileNet_V2_Weights.IMAGENET1K_V1 (original recipe)",
+        ),
+        PretrainedEntry(
+            name="torchvision_imagenet1k_v2",
+            url=TORCHVISION_URL + "mobilenet_v2-7ebf99e0.pth",
+            format="torchvision",
+            config=cfg,
+            preprocessing=Preprocessing(resize=232, crop=224),
+            accuracy={"top1": 72.154, "top5": 90.822},
+            sha256="7ebf99e0",
+            notes="torchvision MobileNet_V2_Weights.IMAGENET1K_V2 (new recipe, resize 232)",
+        ),
+    ]
+
+
+def _tflite() -> list[PretrainedEntry]:
+    tf = ModelConfig(width=1.0, resolution=224, num_classes=1001, bn_eps=1e-3,
+                     padding="tf_same")
+    # The accuracy tool of the TFLite model zoo (tools/accuracy/ilsvrc) center-crops 87.5%
+    # and resizes to 224: Inception preprocessing. Float models take [-1, 1]; the uint8
+    # model's input has scale 1/128, zero point 128: (pixel - 128) / 128.
+    quant_scale = (128 / 255,) * 3
+    return [
+        PretrainedEntry(
+            name="tflite_1.0_224",
+            url=TFLITE_URL + "mobilenet_v2_1.0_224.tgz",
+            format="tflite",
+            config=tf,
+            preprocessing=Preprocessing.tf_inception(224),
+            accuracy={"top1": 71.8, "top5": 90.6},
+            member="mobilenet_v2_1.0_224.tflite",
+            notes="TensorFlow Lite hosted models, floating point",
+        ),
+        PretrainedEntry(
+            name="tflite_1.0_224_quant",
+            url=TFLITE_URL + "mobilenet_v2_1.0_224_quant.tgz",
+            format="tflite",
+            config=tf,
+            preprocessing=Preprocessing(resize=256, crop=224, mean=quant_scale,
+                                        std=quant_scale),
+            accuracy={"top1": 70.8, "top5": 89.9},
+            member="mobilenet_v2_1.0_224_quant.tflite",
+            notes="TensorFlow Lite hosted models, quantization-aware trained uint8",
+        ),
+    ]
+
+
+# TF-slim table (research/slim/nets/mobilenet/README.md): (width, resolution) -> top1, top5.
+SLIM_ACCURACY: dict[tuple[float, int], tuple[float, float]] = {
+    (1.4, 224): (75.0, 92.5), (1.3, 224): (74.4, 92.1),
+    (1.0, 224): (71.8, 91.0), (1.0, 192): (70.7, 90.1), (1.0, 160): (68.8, 89.0),
+    (1.0, 128): (65.3, 86.9), (1.0, 96): (60.3, 83.2),
+    (0.75, 224): (69.8, 89.6), (0.75, 192): (68.7, 88.9), (0.75, 160): (66.4, 87.3),
+    (0.75, 128): (63.2, 85.3), (0.75, 96): (58.8, 81.6),
+    (0.5, 224): (65.4, 86.4), (0.5, 192): (63.9, 85.4), (0.5, 160): (61.0, 83.2),
+    (0.5, 128): (57.7, 80.8), (0.5, 96): (51.2, 75.8),
+    (0.35, 224): (60.3, 82.9), (0.35, 192): (58.2, 81.2), (0.35, 160): (55.7, 79.1),
+    (0.35, 128): (50.8, 75.0), (0.35, 96): (45.5, 70.4),
+}
+
+
+def _keras() -> list[PretrainedEntry]:
+    out = []
+    for (width, rows), (top1, top5) in SLIM_ACCURACY.items():
+        out.append(
+            PretrainedEntry(
+                name=f"keras_{width}_{rows}",
+                url=KERAS_URL + f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(width)}"
+                f"_{rows}.h5",
+                format="keras",
+                config=ModelConfig(width=width, resolution=rows, num_classes=1000,
+                                   bn_eps=1e-3, padding="tf_same"),
+                preprocessing=Preprocessing.tf_inception(rows),
+                accuracy={"top1": top1, "top5": top5},
+                notes="Keras Applications; accuracy published for the TF-slim checkpoint "
+                "the Keras file was converted from",
+            )
+        )
+    return out
+
+
+PRETRAINED: dict[str, PretrainedEntry] = {e.name: e for e in
+                                          (*_torchvision(), *_tflite(), *_keras())}
+
+
+def list_pretrained() -> list[PretrainedEntry]:
+    return list(PRETRAINED.values())
+
+
+def cache_dir() -> Path:
+    """`$MOBILENETV2_CACHE`, else `~/.cache/mobilenetv2`."""
+    env = os.environ.get("MOBILENETV2_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mobilenetv2"
+
+
+def _hash_ok(path: Path, expected: str | None) -> tuple[bool, str]:
+    digest = sha256_file(path)
+    return (expected is None or digest.startswith(expected.lower())), digest
+
+
+def download(
+    url: str, dest: Path, sha256: str | None = None, *, progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download `url` to `dest` once: atomic, size- and hash-checked, progress on stderr.
+
+    A file already at `dest` that passes the hash is reused. A truncated (fewer bytes than
+    Content-Length) or corrupted (hash mismatch) download is deleted and refused with
+    `UserError`; so is a network failure, in one line naming the URL and the local-file
+    alternative.
+    """
+    from tqdm import tqdm
+
+    if dest.is_file():
+        ok, digest = _hash_ok(dest, sha256)
+        if ok:
+            return dest
+        log.warning("%s: cached file fails its hash (sha256 %s); downloading again", dest,
+                    digest[:12])
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+                total = r.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                received = 0
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                          desc=dest.name, disable=not progress, leave=False) as bar:
+                    while block := r.read(1 << 16):
+                        f.write(block)
+                        received += len(block)
+                        bar.update(len(block))
+                f.flush()
+                os.fsync(f.fileno())
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise UserError(
+                f"cannot download {url} ({reason}); if offline, fetch the file elsewhere and "
+                f"pass it: --weights /path/to/{dest.name}"
+            ) from e
+        if total is not None and received != total:
+            raise UserError(
+                f"download of {url} truncated: {received} of {total} bytes; removed, try again "
+                f"or pass a local file: --weights /path/to/{dest.name}"
+            )
+        ok, digest = _hash_ok(tmp, sha256)
+        if not ok:
+            raise UserError(
+                f"download of {url} is corrupted: sha256 {digest[:16]}... does not match "
+                f"the published {sha256}; removed"
+            )
+        os.replace(tmp, dest)
+        log.info("downloaded %s (sha256 %s)", dest, digest)
+        return dest
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fetch(name: str, *, progress: bool = True) -> Path:
+    """The original file of registry entry `name`, downloaded into the cache if needed."""
+    entry = _entry(name)
+    return download(entry.url, cache_dir() / "downloads" / entry.filename, entry.sha256,
+                    progress=progress)
+
+
+def load_pretrained(name: str, *, progress: bool = True) -> nn.Module:
+    """Model for registry entry `name`: download once, convert once (cached), load.
+
+    The converted checkpoint carries the entry's preprocessing, labels, accuracy and
+    provenance (URL, sha256 of the downloaded file).
+    """
+    from mobilenetv2.weights.convert import convert_file, model_from_converted
+    from mobilenetv2.weights.imagenet import imagenet_labels
+
+    entry = _entry(name)
+    converted_path = cache_dir() / "converted" / f"{entry.name}.safetensors"
+    if converted_path.is_file():
+        try:
+            model = load(converted_path).eval()
+        except UserError as e:  # a damaged cache file is rebuilt, not fatal
+            log.warning("%s; converting again", e)
+            converted_path.unlink()
+        else:
+            meta = model.meta
+            if (meta.provenance.get("url"), meta.preprocessing, meta.accuracy) == (
+                entry.url, entry.preprocessing, entry.accuracy
+            ):
+                return model
+            log.info("%s: made from an older registry entry; converting again", converted_path)
+    original = fetch(name, progress=progress)
+    conv = convert_file(original, entry.format, member=entry.member)
+    got, want = conv.meta.config, entry.config
+    if (got.width, got.num_classes) != (want.width, want.num_classes):
+        raise UserError(
+            f"{original}: holds width {got.width} with {got.num_classes} classes, but registry "
+            f"entry {name!r} says width {want.width} with {want.num_classes} classes"
+        )
+    conv.meta.config = got.replace(resolution=want.resolution)
+    conv.meta.preprocessing = entry.preprocessing
+    conv.meta.labels = imagenet_labels(got.num_classes)
+    conv.meta.accuracy = dict(entry.accuracy)
+    conv.meta.provenance.update({"name": entry.name, "url": entry.url,
+                                 "published_sha256": entry.sha256, "notes": entry.notes})
+    save_state_dict({k: v.contiguous() for k, v in conv.state_dict.items()}, conv.meta,
+                    converted_path)
+    return model_from_converted(conv)
+
+
+def _entry(name: str) -> PretrainedEntry:
+    if name not in PRETRAINED:
+        raise UserError(
+            f"unknown pretrained weights {name!r}; known: {', '.join(PRETRAINED)} "
+            f"(or pass a file path)"
+        )
+    return PRETRAINED[name]
