@@ -28,11 +28,12 @@ def main() -> int:
     p.add_argument("--weights", help="weights spec (default: random weights, BN re-estimated)")
     p.add_argument("--threads", type=int)
     p.add_argument("--rounds", type=int)
+    p.add_argument("--cpu-ghz", type=float, help="clock for the roofline (default: detected)")
     p.add_argument("--json", type=Path, help="also write the JSON report here")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = p.parse_args()
     kw = {k: v for k, v in (("weights", args.weights), ("threads", args.threads),
-                            ("rounds", args.rounds)) if v is not None}
+                            ("rounds", args.rounds), ("cpu_ghz", args.cpu_ghz)) if v is not None}
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     report = run_bench(cfg, progress=True)
     command = "python bench/inference.py " + " ".join(sys.argv[1:])
@@ -48,6 +49,7 @@ def main() -> int:
                           flags=re.S)
         else:
             text += f"\n## Inference (CPU): our paths vs torchvision and the runtimes\n\n{block}\n"
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
         args.doc.write_text(text)
     return 0
 

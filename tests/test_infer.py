@@ -125,3 +125,15 @@ def test_cli_backend_options_give_a_runner(model, batch) -> None:
     x = torch.from_numpy(batch)
     with torch.no_grad():
         torch.testing.assert_close(run(model, x), model(x), atol=1e-4, rtol=0)
+
+
+def test_auto_times_batched_shapes_once(model) -> None:
+    sess = InferenceSession(model, threads=1)
+    if not sess._alternates:
+        pytest.skip("only one backend installed for fp32")
+    x = torch.randn(8, 3, 96, 96, generator=torch.Generator().manual_seed(2)).numpy()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(sess(x) - ref).max() <= 1e-4
+    assert sess.chosen[x.shape] in (sess.backend, *sess._alternates)
+    assert sess.precision == "fp32"

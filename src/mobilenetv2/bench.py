@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mobilenetv2.infer import AUTO_ORDER, InferenceSession, backend_installed, cpu_has_bf16
+from mobilenetv2.errors import UserError
+from mobilenetv2.infer import InferenceSession, backend_installed, cpu_has_bf16
 
 __all__ = ["BenchConfig", "CpuPeak", "cpu_peak", "format_markdown", "run_bench"]
 
@@ -51,6 +52,8 @@ class BenchConfig:
         batch: Throughput batch size.
         batch_runs: Timed throughput batches per variant and round.
         width: Width of the random-weight model.
+        cpu_ghz: Clock for the roofline (default: detected; /proc/cpuinfo may report the
+            base clock rather than the sustained all-core one).
     """
 
     weights: str | None = None
@@ -61,6 +64,7 @@ class BenchConfig:
     batch: int = 32
     batch_runs: int = 2
     width: float = 1.0
+    cpu_ghz: float | None = None
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
@@ -92,7 +96,7 @@ class CpuPeak:
                 f"FLOPs/cycle ({self.isa}) = {self.gflops:.0f} GFLOP/s (estimate)")
 
 
-def cpu_peak(cores: int) -> CpuPeak:
+def cpu_peak(cores: int, ghz: float | None = None) -> CpuPeak:
     """Estimate the fp32 FMA peak from /proc/cpuinfo.
 
     FLOPs/cycle = FMA pipes x fp32 lanes x 2: AVX-512 on Intel server cores runs two 512-bit
@@ -126,13 +130,14 @@ def cpu_peak(cores: int) -> CpuPeak:
         per, isa = 32, "AVX2 + FMA, 2 units"
     else:
         per, isa = 8, "SSE"
-    return CpuPeak(model=model, cores=cores, ghz=mhz / 1000, flops_per_cycle=per, isa=isa)
+    return CpuPeak(model=model, cores=cores, ghz=ghz or mhz / 1000, flops_per_cycle=per,
+                   isa=isa)
 
 
 @dataclass
 class _Variant:
     name: str
-    kind: str  # "baseline", "ours" or "peer"
+    kind: str  # "baseline", "ours", "auto" or "peer"
     backend: str
     precision: str
     run: Callable[[np.ndarray], Any]
@@ -234,6 +239,18 @@ def _build(cfg: BenchConfig, threads: int, work: Path) -> tuple[list[_Variant], 
         sess = InferenceSession(source, backend=backend, precision=precision, threads=threads)
         variants.append(_Variant(f"ours {backend} {precision}", "ours", backend, precision,
                                  sess))
+    for precision in ("fp32", "bf16", "int8"):
+        if precision == "bf16" and not bf16:
+            continue
+        if precision == "int8" and int8 is None:
+            continue
+        source = int8 if precision == "int8" else model
+        try:
+            sess = InferenceSession(source, precision=precision, threads=threads)
+        except UserError as e:
+            log.warning("no auto path for %s: %s", precision, e)
+            continue
+        variants.append(_Variant(f"ours auto {precision}", "auto", "auto", precision, sess))
     if have_ort:
         variants.append(_Variant("onnxruntime direct fp32", "peer", "onnxruntime", "fp32",
                                  _peer_ort(fp32, threads)))
@@ -252,12 +269,8 @@ def _build(cfg: BenchConfig, threads: int, work: Path) -> tuple[list[_Variant], 
 
 
 def _auto_pick(variants: list[_Variant], precision: str) -> _Variant | None:
-    """The variant `InferenceSession(backend="auto")` runs for `precision`."""
-    ours = {v.backend: v for v in variants if v.kind == "ours" and v.precision == precision}
-    for backend in AUTO_ORDER[precision]:
-        if backend in ours:
-            return ours[backend]
-    return None
+    """The `InferenceSession(backend="auto")` variant for `precision`."""
+    return next((v for v in variants if v.kind == "auto" and v.precision == precision), None)
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
@@ -297,7 +310,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     finally:
         torch.set_num_threads(prev_threads)
     flops = 2 * profile(model.config, cfg.size).madds
-    peak = cpu_peak(threads)
+    peak = cpu_peak(threads, cfg.cpu_ghz)
     return _report(cfg, variants, what, threads, flops, peak)
 
 
@@ -316,6 +329,7 @@ def _report(cfg: BenchConfig, variants: list[_Variant], what: str, threads: int,
         lat = statistics.median(pooled)
         rows.append({
             "name": v.name, "kind": v.kind, "backend": v.backend, "precision": v.precision,
+            "detail": v.run.describe() if hasattr(v.run, "describe") else "",
             "batch1_median_ms": lat * 1e3,
             "batch1_p90_ms": float(np.percentile(pooled, 90)) * 1e3,
             "batch1_runs": len(pooled),
@@ -376,12 +390,13 @@ def format_markdown(report: dict[str, Any], command: str = "") -> str:
         + (f" Command: `{command}`." if command else ""),
         "",
         f"| path | batch-1 median ms | p90 ms | batch-{b} img/s | vs eager b1 | "
-        f"vs eager b{b} | roofline b1 | roofline b{b} |",
+        f"vs eager b{b} | of fp32 peak b1 | of fp32 peak b{b} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
+        name = r["name"] + (f" ({r['detail'].split(' (')[0]})" if r["kind"] == "auto" else "")
         lines.append(
-            f"| {r['name']} | {r['batch1_median_ms']:.2f} | {r['batch1_p90_ms']:.2f} | "
+            f"| {name} | {r['batch1_median_ms']:.2f} | {r['batch1_p90_ms']:.2f} | "
             f"{r[f'batch{b}_images_per_s']:.1f} | {r['speedup_vs_eager_batch1']:.2f}x | "
             f"{r[f'speedup_vs_eager_batch{b}']:.2f}x | "
             f"{100 * r['roofline_fraction_batch1']:.0f}% | "

@@ -52,6 +52,7 @@ AUTO_ORDER = {
     "bf16": ("openvino", "torch"),
     "int8": ("openvino", "onnxruntime"),
 }
+TUNE_MIN_BATCH = 8
 _MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -152,6 +153,14 @@ class InferenceSession:
         self.backend = self._pick(backend)
         self._calib = calib
         self._run = getattr(self, f"_build_{self.backend}")()
+        # auto: batched calls may be faster on another installed backend (OpenVINO's fp32
+        # throughput beat ONNX Runtime's in some of our measurements, never its batch-1
+        # latency), so each new batch shape >= TUNE_MIN_BATCH is timed once on both.
+        others = [b for b in AUTO_ORDER[self.precision] if b != self.backend
+                  and backend_installed(b) and (b != "torch" or self.module is not None)]
+        self._alternates = others[:1] if backend == "auto" else []
+        self._runners: dict[str, Any] = {self.backend: self._run}
+        self.chosen: dict[tuple[int, ...], str] = {}
         log.debug("InferenceSession: %s", self.describe())
 
     # ----------------------------------------------------------------- selection
@@ -180,7 +189,9 @@ class InferenceSession:
 
     def describe(self) -> str:
         threads = self.threads if self.threads is not None else "default"
-        return f"{self.backend} {self.precision} (threads: {threads})"
+        tuned = "".join(f"; batch {s[0]}: {b}" for s, b in self.chosen.items()
+                        if b != self.backend)
+        return f"{self.backend} {self.precision} (threads: {threads}{tuned})"
 
     # ----------------------------------------------------------------- artifacts
     def _workdir(self) -> Path:
@@ -297,7 +308,30 @@ class InferenceSession:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (N, 3, H, W), got {x.shape}")
+        if self._alternates and len(x) >= TUNE_MIN_BATCH:
+            return self._runners[self._choose(x)](x)
         return self._run(x)
+
+    def _choose(self, x: np.ndarray) -> str:
+        """The faster backend for this input shape, timed once (interleaved, best of 3)."""
+        import time
+
+        shape = tuple(x.shape)
+        if shape not in self.chosen:
+            for name in self._alternates:
+                if name not in self._runners:
+                    self._runners[name] = getattr(self, f"_build_{name}")()
+            best: dict[str, float] = {}
+            for run in self._runners.values():  # warm-up (OpenVINO compiles here)
+                run(x)
+            for _ in range(3):
+                for name, run in self._runners.items():
+                    t0 = time.perf_counter()
+                    run(x)
+                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+            self.chosen[shape] = min(best, key=best.get)
+            log.debug("batch shape %s: %s (%s)", shape, self.chosen[shape], best)
+        return self.chosen[shape]
 
     @property
     def labels(self) -> list[str] | None:

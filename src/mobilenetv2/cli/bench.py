@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, help="batch-1 runs per variant and round (default: 10)")
     p.add_argument("--batch", type=int, help="throughput batch size (default: 32)")
     p.add_argument("--size", type=int, help="input side (default: 224)")
+    p.add_argument("--cpu-ghz", type=float, help="clock for the roofline estimate "
+                   "(default: detected)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--markdown", metavar="FILE", help="also write the markdown table here")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from mobilenetv2.bench import BenchConfig, format_markdown, run_bench
 
     given = {k: getattr(args, k) for k in ("weights", "threads", "rounds", "runs", "batch",
-                                            "size") if getattr(args, k) is not None}
+                                            "size", "cpu_ghz") if getattr(args, k) is not None}
     for k, v in given.items():
         if k != "weights" and v < 1:
             raise ValueError(f"--{k} must be >= 1, got {v}")

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = load_weights(args.weights)
     session = session_from_args(model, args)
+    if args.backend != "auto" or args.precision != "fp32":
+        # stderr, so --json stays parseable: a bf16/int8 result is never taken for fp32
+        print(f"running on {session.describe()}", file=sys.stderr)
     results = predict(model, args.paths, topk=args.topk, batch_size=args.batch_size,
                       runner=session_runner(session), progress=sys.stderr.isatty())
     for r in results:
