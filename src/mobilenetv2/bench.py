@@ -99,11 +99,12 @@ class CpuPeak:
 def cpu_peak(cores: int, ghz: float | None = None) -> CpuPeak:
     """Estimate the fp32 FMA peak from /proc/cpuinfo.
 
-    FLOPs/cycle = FMA pipes x fp32 lanes x 2: AVX-512 on Intel server cores runs two 512-bit
-    FMAs (64); AMD Zen 4 executes AVX-512 on two 256-bit pipes (32), as do AVX2 cores (32);
-    SSE-only cores 8.
+    FLOPs/cycle = FMA pipes x fp32 lanes x 2: AVX-512 on Intel server cores and AMD Zen 5
+    (cpu family 26) runs two 512-bit FMAs per cycle (64); Zen 4 executes AVX-512 on two
+    256-bit pipes (32), as do AVX2 cores (32); SSE-only cores 8. The clock is the one the
+    kernel reports (often the nominal clock inside a VM) unless `ghz` is given.
     """
-    model, flags, mhz, vendor = platform.processor() or "unknown", "", 0.0, ""
+    model, flags, mhz, vendor, family = platform.processor() or "unknown", "", 0.0, "", 0
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -119,13 +120,18 @@ def cpu_peak(cores: int, ghz: float | None = None) -> CpuPeak:
             mhz = float(value)
         elif key == "vendor_id" and not vendor:
             vendor = value
+        elif key == "cpu family" and not family and value.isdigit():
+            family = int(value)
     max_mhz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     if max_mhz.exists():
         mhz = max(mhz, int(max_mhz.read_text()) / 1000)
     fl = set(flags.split())
-    if "avx512f" in fl:
-        per, isa = (32, "AVX-512 on 2x256-bit FMA pipes (AMD)") if vendor == "AuthenticAMD" \
-            else (64, "AVX-512, 2 FMA units")
+    if "avx512f" in fl and vendor == "AuthenticAMD" and family >= 26:
+        per, isa = 64, "AVX-512, 2 full-width FMA pipes (AMD Zen 5, family 26)"
+    elif "avx512f" in fl and vendor == "AuthenticAMD":
+        per, isa = 32, "AVX-512 on 2x256-bit FMA pipes (AMD Zen 4)"
+    elif "avx512f" in fl:
+        per, isa = 64, "AVX-512, 2 FMA units"
     elif "avx2" in fl and "fma" in fl:
         per, isa = 32, "AVX2 + FMA, 2 units"
     else:

@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
               f"int8 {result.accuracy['int8']:.2f}%  "
               f"(delta {result.accuracy['int8'] - result.accuracy['fp32']:+.2f} points)")
     if result.agreement is not None:
-        print(f"int8 and fp32 top-1 agree on {result.agreement:.2f}% of images")
+        print(f"int8 and fp32 top-1 agree on {result.agreement:.2f}% of {result.eval_images} "
+              f"images ({result.eval_source})")
     return 0

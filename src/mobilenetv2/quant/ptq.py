@@ -58,6 +58,7 @@ class QuantizeResult:
     accuracy: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
     eval_images: int = 0
+    eval_source: str = ""
 
     def summary(self) -> str:
         parts = [f"int8 ({self.method}, {self.calibration_images} calibration images) -> "
@@ -261,10 +262,14 @@ def quantize_ptq(
     data = calibration_arrays(calib, pre, limit=calib_images)
     quantize_onnx(float_path, int8_path, data)
     result = QuantizeResult(float_path, int8_path, "ptq", len(data))
-    if evaluate is None and isinstance(calib, str) and calib == "digits":
-        evaluate = "digits"
+    if evaluate is None and isinstance(calib, (str, os.PathLike)):
+        # digits: its test split; a folder: the calibration images themselves (agreement
+        # only, unless they sit in class folders), better than no measurement at all
+        evaluate = calib
     if evaluate is not None:
         measure(result, evaluate, pre, meta.labels, eval_images)
+        result.eval_source = str(evaluate) + (" test split" if str(evaluate) == "digits"
+                                              else "")
     return result
 
 
