@@ -201,6 +201,12 @@ class InferenceSession:
 
     def _onnx(self) -> Path:
         """The ONNX file this session runs: given, or exported (and verified) once."""
+        if getattr(self, "_artifact", None) is not None:
+            return self._artifact
+        self._artifact = self._make_onnx()
+        return self._artifact
+
+    def _make_onnx(self) -> Path:
         if self.onnx_path is not None and not (
                 self.precision == "int8" and self.metadata.get("precision") != "int8"):
             return self.onnx_path
