@@ -139,12 +139,15 @@ def test_auto_times_batched_shapes_once(model) -> None:
     assert sess.precision == "fp32"
 
 
-def test_int8_from_float_weights_with_calibration(model, batch) -> None:
-    calib = torch.randn(16, 3, 96, 96, generator=torch.Generator().manual_seed(3)).numpy()
-    sess = InferenceSession(model, precision="int8", calib=calib, threads=1)
+def test_int8_from_float_weights_with_calibration() -> None:
+    from deploy_helpers import digits_model
+    from mobilenetv2.quant.ptq import labelled_arrays
+
+    real = digits_model()
+    x, y = labelled_arrays("digits", real.meta.preprocessing, limit=64)
+    sess = InferenceSession(real, precision="int8", calib="digits", threads=1)
     assert sess.precision == "int8" and sess.backend in ("openvino", "onnxruntime")
-    x = np.concatenate([batch] * 4)  # batch 8: also builds the alternate backend
     with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    got = sess(x)
-    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.5 * np.abs(ref).max()
+        ref = real(torch.from_numpy(x)).argmax(1).numpy()
+    got = sess(x).argmax(1)  # batch 64: also times the alternate backend
+    assert (got == ref).mean() >= 0.9
