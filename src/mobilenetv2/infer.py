@@ -100,7 +100,8 @@ class InferenceSession:
         backend: "auto", "torch", "onnxruntime" or "openvino".
         precision: "fp32", "bf16" or "int8". An int8 `.onnx` file implies int8; int8 from a
             float model needs `calib` (images to calibrate on, see `quant.quantize_ptq`).
-        threads: Intra-op threads (default: the backend's, i.e. all usable cores).
+        threads: Intra-op threads (default: the backend's, i.e. all usable cores). The
+            torch backend applies it process-wide (`torch.set_num_threads`).
         calib: Calibration source for int8 from a float model ("digits", a folder, an
             array).
         input_size: Example input side for exports (default: the weights' crop).
@@ -337,6 +338,11 @@ class InferenceSession:
                     best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
             self.chosen[shape] = min(best, key=best.get)
             log.debug("batch shape %s: %s (%s)", shape, self.chosen[shape], best)
+            # a losing runtime is dropped (it is rebuilt if another shape is tuned): its
+            # idle thread pool would otherwise compete with the winner's on a small CPU
+            used = {self.backend, *self.chosen.values()}
+            for name in [n for n in self._runners if n not in used]:
+                del self._runners[name]
         return self.chosen[shape]
 
     @property

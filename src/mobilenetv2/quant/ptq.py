@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,7 +316,3 @@ def read_accuracy(path: str | os.PathLike) -> dict[str, Any]:
 
     return json.loads(onnx_metadata(path).get("accuracy", "{}") or "{}")
 
-
-def iter_batches(x: np.ndarray, batch: int) -> Iterable[np.ndarray]:
-    for i in range(0, len(x), batch):
-        yield x[i:i + batch]
