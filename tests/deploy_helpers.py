@@ -1,6 +1,6 @@
 """Small real models for the deployment tests (export, quantization, inference sessions).
 
-`digits_model()` trains width 0.35 (small_input, 32x32) on the bundled digits for a few
+`digits_model()` trains width 0.5 (small_input, 32x32) on the bundled digits for a few
 epochs (seconds): a real classifier whose int8 accuracy can be measured. `random_model()`
 has random weights with BatchNorm statistics re-estimated, so its activations are O(1)
 instead of the ~1e-9 the raw initialisation collapses to.
@@ -32,7 +32,9 @@ def digits_model_path() -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors: one thread is fastest on the shared machine
     try:
-        cfg = ModelConfig(width=0.35, small_input=True, num_classes=10, resolution=32,
+        # width 0.5, not 0.35: with 8-channel layers one int8 rounding flips single test
+        # images, and the 1-point budget is then a coin toss (measured: -1.1 to -0.3)
+        cfg = ModelConfig(width=0.5, small_input=True, num_classes=10, resolution=32,
                           dropout=0.0)
         model = MobileNetV2(cfg)
         ds = DigitsDataset("train", transform=eval_transform(DIGITS_PRE))

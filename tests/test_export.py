@@ -123,3 +123,10 @@ def test_official_tflite_model_exports(fixtures_dir, tmp_path) -> None:
     res = export_onnx(model.eval(), tmp_path / "official.onnx", dynamic_hw=True)
     assert res.max_abs_diff <= 1e-4
     assert verify_onnx(model, res.path, sizes=[225], batch=1) <= 1e-4
+
+
+def test_dynamo_exporter_also_verifies(tmp_path) -> None:
+    res = export_onnx(random_model(), tmp_path / "d.onnx", exporter="dynamo")
+    assert res.max_abs_diff <= 1e-4
+    ops = set(_ops(res.path))
+    assert "Clip" in ops and "BatchNormalization" not in ops  # BN folded, ReLU6 a clamp

@@ -135,3 +135,16 @@ def test_official_model_int8_top1_on_fixture_photos(fixtures_dir, tmp_path) -> N
         ref = model(torch.from_numpy(x)).argmax(1).numpy()
     assert (fp == ref).all()
     assert (q == fp).all(), [conv.meta.labels[i] for i in q]
+
+
+def test_deploy_demo_side_by_side(tmp_path, capsys) -> None:
+    from mobilenetv2.deploy import deploy_demo, format_rows
+
+    rows = deploy_demo(str(digits_model_path()), tmp_path, rounds=2, runs=3, threads=1)
+    fp32, int8 = rows
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    assert fp32.path.name == "model.fp32.onnx" and int8.path.name == "model.int8.onnx"
+    assert fp32.top1 > 80 and int8.top1 >= fp32.top1 - 1.0
+    assert fp32.latency_ms > 0 and int8.latency_ms > 0
+    table = format_rows(rows)
+    assert "int8 vs fp32" in table and "top-1" in table
