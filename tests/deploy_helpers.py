@@ -74,3 +74,15 @@ def random_model(width: float = 0.35, size: int = 96, padding: str = "symmetric"
     model.meta = WeightsMeta(config=cfg, preprocessing=Preprocessing(resize=size, crop=size),
                              labels=[f"class {i}" for i in range(num_classes)])
     return model
+
+
+def one_thread():
+    """Body of each deployment test module's autouse fixture: one torch thread.
+
+    On the shared 2-core machine a 2-thread OpenMP region waits for a descheduled thread at
+    every layer (QAT took 124 s instead of seconds); the models here are small anyway.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploy_helpers import random_model
+from deploy_helpers import one_thread, random_model
 from mobilenetv2.cli import main
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx, export_torchscript, onnx_metadata, verify_onnx
@@ -16,6 +16,11 @@ from mobilenetv2.quant import fuse, is_fused
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.mark.parametrize("padding", ["symmetric", "tf_same"])

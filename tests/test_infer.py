@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_helpers import random_model
+from deploy_helpers import one_thread, random_model
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx
 from mobilenetv2.infer import AUTO_ORDER, InferenceSession, backend_installed, cpu_has_bf16
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_helpers import digits_model, digits_model_path
+from deploy_helpers import digits_model, digits_model_path, one_thread
 from mobilenetv2.cli import main
 from mobilenetv2.quant.ptq import labelled_arrays, onnx_logits, quantize_ptq, read_accuracy
 from mobilenetv2.quant.qat import ActFakeQuant, QATConvBNAct, prepare_qat, set_qat_state
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +77,11 @@ def test_quantize_cli_from_a_folder(tmp_path, capsys) -> None:
     folder = export_digits_imagefolder(tmp_path / "digits_test", "test")
     out = tmp_path / "q" / "model"
     code = main(["quantize", "--weights", str(digits_model_path()), "--calib", str(folder),
-                 "--calib-images", "64", "--eval", str(folder), "-o", str(out)])
+                 "--calib-images", "64", "--eval", str(folder), "--eval-images", "120",
+                 "-o", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "int8" in text and "top-1 on 359 images" in text
+    assert "int8" in text and "top-1 on 120 images" in text
     assert (tmp_path / "q" / "model.int8.onnx").is_file()
     assert main(["quantize", "--weights", str(digits_model_path()), "--calib",
                  str(tmp_path / "missing")]) == 2
@@ -104,8 +110,8 @@ def test_qat_digits(tmp_path) -> None:
     from mobilenetv2.quant.qat import quantize_qat
 
     res = quantize_qat(digits_model(), tmp_path / "qat", "digits", epochs=2,
-                       freeze_bn_after=1, freeze_observers_after=1, train_images=256,
-                       progress=False)
+                       freeze_bn_after=1, freeze_observers_after=1, train_images=160,
+                       calib_images=128, progress=False)
     assert res.method == "qat"
     assert res.accuracy["fp32"] > 80
     assert res.accuracy["int8"] >= res.accuracy["fp32"] - 1.0, res.accuracy
