@@ -23,6 +23,8 @@ __all__ = ["VERBS", "build_parser", "main"]
 VERBS: dict[str, str] = {
     "variants": "variants",
     "profile": "profile",
+    "train": "train",
+    "eval": "eval",
 }
 
 
