@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mobilenetv2 profile
+	$(BIN)/mobilenetv2 train --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

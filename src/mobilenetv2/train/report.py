@@ -46,7 +46,8 @@ def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     axes[0].plot(x, [r["train_loss"] for r in epochs], "o-", label="train")
     axes[0].plot(x, [r["val_loss"] for r in epochs], "s-", label="validation")
-    axes[0].set_title("loss")
+    axes[0].set_title("loss (log scale)")
+    axes[0].set_yscale("log")  # early validation losses of an untrained BN dwarf the rest
     axes[1].plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
     axes[1].plot(x, [100 * r["val_top1"] for r in epochs], "s-", label="validation top-1")
     axes[1].set_title("accuracy (%)")
