@@ -109,7 +109,14 @@ def make_config(
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     preset = RECIPES[name]
-    m = {**preset.model, **doc.get("model", {}), **model}
+    base = dict(preset.model)
+    if weights and Path(weights).is_file():
+        # Fine-tuning starts from the architecture (and resolution) the weights were made for.
+        from mobilenetv2.weights.io import load_meta
+
+        base = {**load_meta(weights).config.to_dict(), "dropout": base.get("dropout", 0.2)}
+        del base["num_classes"]  # the new head gets the data's classes
+    m = {**base, **doc.get("model", {}), **model}
     d = {**preset.data, **_tuples(doc.get("data", {})), **data}
     t = {"recipe": name, **preset.train, **doc.get("train", {}), **train}
     return RunConfig(model=ModelConfig().replace(**m), data=DataConfig().replace(**d),
