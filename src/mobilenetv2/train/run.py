@@ -225,6 +225,8 @@ def _train(cfg: RunConfig, tc: TrainConfig, dc: DataConfig, device: torch.device
     apply_freeze(model, tc.freeze, tc.freeze_bn)
     amp_dtype = choose_amp(tc, device, size)
     fmt = choose_memory_format(tc)
+    if tc.sync_bn and device.type == "cpu":
+        raise UserError("--sync-bn needs GPUs: torch's SyncBatchNorm has no CPU kernel")
     if dist.enabled and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=fmt)
