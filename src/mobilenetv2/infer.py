@@ -345,6 +345,12 @@ class InferenceSession:
                 del self._runners[name]
         return self.chosen[shape]
 
+    def as_module(self, model: nn.Module | None = None) -> nn.Module:
+        """This session as an `nn.Module` (CPU tensors in, logits out) for code written
+        against PyTorch modules, such as `mobilenetv2.evaluate`; `meta` and `num_classes`
+        come from `model` (default: the session's own module)."""
+        return _SessionModule(self, model if model is not None else self.module)
+
     @property
     def labels(self) -> list[str] | None:
         return self.meta.labels if self.meta is not None else None
@@ -366,6 +372,20 @@ class InferenceSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _SessionModule(nn.Module):
+    def __init__(self, session: InferenceSession, model: nn.Module | None) -> None:
+        super().__init__()
+        self.session = session
+        self.meta = getattr(model, "meta", None) or session.meta
+        if model is not None and hasattr(model, "num_classes"):
+            self.num_classes = model.num_classes
+        elif self.meta is not None:
+            self.num_classes = self.meta.config.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session(x.detach().cpu().float().contiguous().numpy()))
 
 
 def _meta_from_props(props: dict[str, str]) -> Any:

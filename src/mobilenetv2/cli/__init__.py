@@ -30,6 +30,8 @@ VERBS: dict[str, str] = {
     "quantize": "quantize",
     "bench": "bench",
     "deploy-demo": "deploy_demo",
+    "train": "train",
+    "eval": "eval",
 }
 
 
