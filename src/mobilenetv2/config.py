@@ -13,7 +13,14 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-__all__ = ["ModelConfig", "PADDINGS", "config_from_dict", "config_to_dict"]
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "PADDINGS",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+]
 
 Padding = Literal["symmetric", "tf_same"]
 PADDINGS: tuple[str, ...] = get_args(Padding)
@@ -164,3 +171,230 @@ def _is_int(v: Any) -> bool:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and data configuration (DESIGN example 5): the same frozen-dataclass pattern as
+# ModelConfig; `mobilenetv2.train.recipes` holds the named presets that fill them in.
+
+Preset = Literal["auto", "imagenet", "inception", "small"]
+AutoAugment = Literal["none", "trivial", "autoaugment"]
+Optimizer = Literal["sgd", "rmsprop_tf", "adamw"]
+Schedule = Literal["cosine", "exponential", "constant"]
+Amp = Literal["auto", "off", "bf16", "fp16"]
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are prepared.
+
+    Attributes:
+        data: "digits" (the bundled dataset), an ImageFolder root with `train/` and `val/`
+            sub-folders, or a single class-per-folder directory from which `val_split` of
+            each class is held out.
+        val_split: Fraction of each class held out for validation when `data` has no `val/`.
+        split_seed: Seed of the held-out split (fixed, so every run sees the same split).
+        preset: Transform preset: "imagenet" (RandomResizedCrop, flip, augment, erasing),
+            "inception" (TF Inception preprocessing, [-1, 1] scaling), "small" (small inputs:
+            pad-and-crop, small affine jitter, no flip), "auto" picks from the data.
+        auto_augment: "none", "trivial" (TrivialAugmentWide) or "autoaugment" (ImageNet policy).
+        random_erasing: Probability of RandomErasing on each training image (0 disables).
+        hflip: Random horizontal flips in the imagenet preset (off for digits and text).
+        mixup_alpha: Beta(alpha, alpha) of mixup (0 disables).
+        cutmix_alpha: Beta(alpha, alpha) of cutmix (0 disables); with both, one per batch.
+        eval_crop_ratio: Center-crop ratio at evaluation: resize to crop / ratio, then crop.
+        eval_size: Evaluation crop size; 0 means the training resolution (the modern recipe
+            trains at 176 and evaluates at 224, torchvision's FixRes mitigation).
+        interpolation: "bilinear" or "bicubic".
+        batch_size: Images per process per step (the global batch is this x processes).
+        num_workers: Data-loading worker processes per process; -1 picks automatically.
+        strict_images: Make a corrupt, truncated or non-image file fatal instead of skipping
+            it with a warning.
+    """
+
+    data: str = "digits"
+    val_split: float = 0.1
+    split_seed: int = 0
+    preset: Preset = "auto"
+    auto_augment: AutoAugment = "none"
+    random_erasing: float = 0.0
+    hflip: bool = True
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    eval_crop_ratio: float = 0.875
+    eval_size: int = 0
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    batch_size: int = 128
+    num_workers: int = -1
+    strict_images: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_split < 1.0, f"val_split must be in (0, 1), got {self.val_split!r}")
+        _check(
+            0.0 <= self.random_erasing <= 1.0,
+            f"random_erasing is a probability, got {self.random_erasing!r}",
+        )
+        _check(self.mixup_alpha >= 0, f"mixup_alpha must be >= 0, got {self.mixup_alpha!r}")
+        _check(self.cutmix_alpha >= 0, f"cutmix_alpha must be >= 0, got {self.cutmix_alpha!r}")
+        _check(
+            0.0 < self.eval_crop_ratio <= 1.0,
+            f"eval_crop_ratio must be in (0, 1], got {self.eval_crop_ratio!r}",
+        )
+        _check(
+            _is_int(self.batch_size) and self.batch_size >= 1,
+            f"batch_size must be an integer >= 1, got {self.batch_size!r}",
+        )
+        _check(
+            _is_int(self.num_workers) and self.num_workers >= -1,
+            f"num_workers must be -1 (auto) or >= 0, got {self.num_workers!r}",
+        )
+
+    def replace(self, **changes: Any) -> DataConfig:
+        return _replace(self, changes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to optimise: recipe, schedule, precision, checkpoints, logging.
+
+    Attributes:
+        recipe: Name of the preset these values came from (paper, modern, finetune, digits).
+        epochs: Number of passes over the training set.
+        optimizer: "sgd" (momentum, Nesterov off), "rmsprop_tf" (TF semantics: epsilon inside
+            the square root, mean square initialised to 1) or "adamw".
+        lr: Peak learning rate for a global batch of `lr_batch` images.
+        lr_batch: Reference batch of `lr`; the rate is scaled linearly with the global batch.
+        schedule: "cosine" (to `min_lr`), "exponential" (x `lr_decay` per epoch) or "constant".
+        lr_decay: Per-epoch decay factor of the exponential schedule (0.98 in the paper).
+        warmup_epochs: Linear warmup from `warmup_start` x lr, in epochs (fractions allowed).
+        warmup_start: Starting fraction of the learning rate during warmup.
+        min_lr: Final learning rate of the cosine schedule.
+        momentum: Momentum of SGD and RMSProp.
+        rmsprop_decay: Decay of RMSProp's mean square (TF's rho, 0.9).
+        rmsprop_eps: RMSProp epsilon, added inside the square root as TF does (1.0 in TF-slim).
+        weight_decay: L2 weight decay (coupled for SGD/RMSProp, decoupled for AdamW).
+        decay_all: Also decay BatchNorm, biases and depthwise kernels (the recipes do not).
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        ema_decay: Decay of the exponential moving average of weights (0 disables).
+        ema_every: Update the EMA every this many optimizer steps (decay adjusted to match).
+        ema_warmup: Ramp the EMA decay up as (1 + n) / (10 + n) early in training.
+        grad_accum: Micro-batches accumulated per optimizer step.
+        clip_grad_norm: Clip the global gradient norm to this value (0 disables).
+        amp: Mixed precision: "auto" (bf16 on CPUs with native bf16 for inputs of at least
+            128 px, bf16 or fp16 on CUDA), "off", "bf16" or "fp16".
+        memory_format: "auto" (channels_last for convolutions), "channels_last", "contiguous".
+        compile: Wrap the model in `torch.compile`.
+        sync_bn: Use SyncBatchNorm under DDP.
+        freeze: Fine-tuning: "none", "backbone" (train only the classifier) or "stages:K"
+            (freeze the stem and the first K stages of Table 2).
+        freeze_bn: Keep BatchNorm layers in eval mode (running statistics frozen).
+        weights: Initial weights (fine-tuning); a head of the data's class count replaces the
+            file's head when they differ.
+        seed: Seed of weights, data order and augmentation.
+        deterministic: Request deterministic algorithms (for bit-exact resume tests).
+        checkpoint_every: Also checkpoint every this many optimizer steps (0: epochs only).
+        keep_last: Number of recent checkpoints kept (besides `best.pt`).
+        max_steps: Stop after this many optimizer steps (0: run all epochs); for smoke tests.
+        log_every: Write a step line to metrics.jsonl every this many optimizer steps.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        tensorboard: Write TensorBoard event files when tensorboard is installed.
+        threads: CPU threads for intra-op parallelism (0: PyTorch's default).
+    """
+
+    recipe: str = "digits"
+    epochs: int = 10
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.1
+    lr_batch: int = 128
+    schedule: Schedule = "cosine"
+    lr_decay: float = 0.98
+    warmup_epochs: float = 0.0
+    warmup_start: float = 0.1
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    rmsprop_decay: float = 0.9
+    rmsprop_eps: float = 1.0
+    weight_decay: float = 4e-5
+    decay_all: bool = False
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.0
+    ema_every: int = 1
+    ema_warmup: bool = True
+    grad_accum: int = 1
+    clip_grad_norm: float = 0.0
+    amp: Amp = "auto"
+    memory_format: MemoryFormat = "auto"
+    compile: bool = False
+    sync_bn: bool = False
+    freeze: str = "none"
+    freeze_bn: bool = False
+    weights: str | None = None
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 0
+    keep_last: int = 2
+    max_steps: int = 0
+    log_every: int = 10
+    device: str = "auto"
+    tensorboard: bool = True
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.epochs) and self.epochs >= 1, f"epochs must be >= 1, got "
+               f"{self.epochs!r}")
+        _check(
+            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+            f"lr must be a finite number > 0, got {self.lr!r}",
+        )
+        _check(_is_int(self.lr_batch) and self.lr_batch >= 1,
+               f"lr_batch must be >= 1, got {self.lr_batch!r}")
+        _check(0.0 < self.lr_decay <= 1.0, f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(self.rmsprop_eps > 0, f"rmsprop_eps must be > 0, got {self.rmsprop_eps!r}")
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}",
+        )
+        _check(
+            0.0 <= self.ema_decay < 1.0,
+            f"ema_decay must be in [0, 1) (0 disables), got {self.ema_decay!r}",
+        )
+        _check(_is_int(self.ema_every) and self.ema_every >= 1,
+               f"ema_every must be >= 1, got {self.ema_every!r}")
+        _check(_is_int(self.grad_accum) and self.grad_accum >= 1,
+               f"grad_accum must be >= 1, got {self.grad_accum!r}")
+        _check(self.clip_grad_norm >= 0, f"clip_grad_norm must be >= 0, got "
+               f"{self.clip_grad_norm!r}")
+        _check(
+            self.freeze in ("none", "backbone") or _is_stages(self.freeze),
+            f"freeze must be 'none', 'backbone' or 'stages:K' (K in 0..7), got {self.freeze!r}",
+        )
+        _check(_is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
+               f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+        _check(_is_int(self.keep_last) and self.keep_last >= 1,
+               f"keep_last must be >= 1, got {self.keep_last!r}")
+        _check(_is_int(self.max_steps) and self.max_steps >= 0,
+               f"max_steps must be >= 0, got {self.max_steps!r}")
+        _check(_is_int(self.log_every) and self.log_every >= 1,
+               f"log_every must be >= 1, got {self.log_every!r}")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return _replace(self, changes)
+
+
+def _is_stages(text: str) -> bool:
+    head, _, k = text.partition(":")
+    return head == "stages" and k.isdigit() and 0 <= int(k) <= 7
+
+
+def _replace(cfg: Any, changes: dict[str, Any]) -> Any:
+    unknown = sorted(set(changes) - {f.name for f in fields(cfg)})
+    if unknown:
+        raise ValueError(
+            f"unknown {type(cfg).__name__} option(s): {', '.join(unknown)}; "
+            f"known: {', '.join(f.name for f in fields(cfg))}"
+        )
+    return dataclasses.replace(cfg, **changes)

@@ -26,6 +26,12 @@ VERBS: dict[str, str] = {
     "convert": "convert",
     "pretrained": "pretrained",
     "predict": "predict",
+    "export": "export",
+    "quantize": "quantize",
+    "bench": "bench",
+    "deploy-demo": "deploy_demo",
+    "train": "train",
+    "eval": "eval",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -48,7 +49,7 @@ def add_config_options(
         elif origin in (tuple, list):
             inner = get_args(tp)[0]
             kwargs.update(type=inner if inner in (int, float, str) else str, nargs="+")
-        elif origin is typing.Union or str(origin) == "types.UnionType":
+        elif origin is typing.Union or origin is types.UnionType:
             inner = [a for a in get_args(tp) if a is not type(None)][0]
             kwargs["type"] = inner if inner in (int, float, str) else str
         else:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from mobilenetv2.cli.backend import add_backend_options, session_from_args, session_runner
 from mobilenetv2.predict import predict
 from mobilenetv2.weights import load_weights
 
@@ -25,13 +26,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    add_backend_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     model = load_weights(args.weights)
+    session = session_from_args(model, args)
+    if args.backend != "auto" or args.precision != "fp32":
+        # stderr, so --json stays parseable: a bf16/int8 result is never taken for fp32
+        print(f"running on {session.describe()}", file=sys.stderr)
     results = predict(model, args.paths, topk=args.topk, batch_size=args.batch_size,
-                      progress=sys.stderr.isatty())
+                      runner=session_runner(session), progress=sys.stderr.isatty())
     for r in results:
         if r.error:
             print(f"mobilenetv2 predict: error: {r.error}", file=sys.stderr)

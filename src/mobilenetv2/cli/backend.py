@@ -1,0 +1,41 @@
+"""Shared `--backend/--precision/--threads/--calib` options for the verbs that run a model
+(predict, eval, ...), and the `runner` they pass to the library (see `mobilenetv2.infer`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["add_backend_options", "session_from_args", "session_runner"]
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference backend")
+    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"),
+                   default="auto", help="runtime (default: auto, the fastest installed for "
+                   "the precision)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="arithmetic actually used (default: fp32)")
+    g.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    g.add_argument("--calib", metavar="DIR|digits",
+                   help="calibration images when --precision int8 starts from float weights")
+
+
+def session_from_args(model: Any, args: argparse.Namespace):
+    """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the options."""
+    from mobilenetv2.infer import InferenceSession
+
+    return InferenceSession(model, backend=args.backend, precision=args.precision,
+                            threads=args.threads, calib=args.calib)
+
+
+def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes)."""
+
+    def run(_model: Any, batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session(batch.detach().cpu().float().numpy()))
+
+    return run

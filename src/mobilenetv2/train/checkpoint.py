@@ -1,0 +1,124 @@
+"""Training checkpoints: everything needed to resume bit-exactly, written atomically.
+
+A checkpoint holds the model, optimizer, scheduler, EMA and AMP-scaler states, the step and
+epoch counters, every RNG state (Python, NumPy, torch CPU and CUDA; the data order itself is a
+function of seed and epoch, see `data.loaders`) and the effective configuration. Files are
+written to a temporary name in the same folder, fsynced, then renamed, so a crash or SIGKILL
+leaves either the previous or the new checkpoint, never half of one. The shipped weights
+(`model.safetensors`) use our safetensors format instead; these `.pt` files exist to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobilenetv2.errors import UserError
+
+__all__ = [
+    "find_latest",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+log = logging.getLogger(__name__)
+PATTERN = re.compile(r"^checkpoint-(\d{8})\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as plain tensors, lists and ints (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_plain(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                  *[_to_plain(s) for s in np_state[2:]]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary file, fsync, atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power loss
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint (tensors and plain containers only: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt file raises many different error types
+        raise UserError(f"--resume: {path} is not a readable training checkpoint ({e})") from e
+
+
+def find_latest(run_dir: str | os.PathLike) -> Path | None:
+    """The newest `checkpoint-<step>.pt` in `run_dir`, or None."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    found = sorted(p for p in run_dir.iterdir() if PATTERN.match(p.name))
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints (best.pt is never touched)."""
+    found = sorted(p for p in Path(run_dir).iterdir() if PATTERN.match(p.name))
+    for old in found[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}.pt"
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return [_to_plain(o) for o in obj]
+    return obj
+
+
+def _to_tuple(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return tuple(_to_tuple(o) for o in obj)
+    return obj
