@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="few steps and rounds (a check)")
     p.add_argument("--probe", action="store_true", help="bf16 vs fp32 per input size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--sizes", type=int, nargs="+", choices=list(SHAPES), default=list(SHAPES),
+                   help="which of the two shapes to measure (default: both)")
     p.add_argument("--md", type=Path, help="also write the markdown table to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["| input | batch | model | plain (NCHW fp32) img/s | ours img/s | "
                   "our path | speed-up (median of paired rounds) | per-round ratios |",
                   "|---|---|---|---|---|---|---|---|"]
-        for size, (cfg, batch) in SHAPES.items():
+        for size in args.sizes:
+            cfg, batch = SHAPES[size]
             batches = make_batches(size, batch, cfg.num_classes, steps)
             plain = plain_runner(cfg, batches)
             ours, dtype, fmt = ours_runner(cfg, batches)
