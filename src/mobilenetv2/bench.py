@@ -302,6 +302,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             for r in bar:
                 order = variants[r % len(variants):] + variants[:r % len(variants)]
                 for v in order:
+                    # Untimed runs first: the previous runtime's worker threads may still be
+                    # spinning and its data is in the caches; that cost belongs to no one.
+                    for _ in range(2):
+                        v.run(x1)
                     times = []
                     for _ in range(cfg.runs):
                         t0 = time.perf_counter()
