@@ -142,6 +142,9 @@ def test_auto_times_batched_shapes_once(model) -> None:
     assert np.abs(sess(x) - ref).max() <= 1e-4
     assert sess.chosen[x.shape] in (sess.backend, *sess._alternates)
     assert sess.precision == "fp32"
+    one = x[:1]
+    assert np.abs(sess(one) - ref[:1]).max() <= 1e-4
+    assert one.shape in sess.chosen  # batch 1 is tuned too
 
 
 def test_int8_from_float_weights_with_calibration() -> None:

@@ -5,7 +5,7 @@ torchvision's eager MobileNetV2 (the baseline), our `InferenceSession` paths (fp
 int8 on each backend) and ONNX Runtime / OpenVINO run directly, with their plain APIs, on
 the very ONNX files our sessions run. The machine this project is developed on switches for
 tens of seconds between a quiet state and one 1.4-1.7x slower, so every variant is timed in
-each round (A B C ... A B C ..., order rotated per round) and every ratio is computed per
+each round (in a new random order every round) and every ratio is computed per
 round and reported as the median over rounds.
 
 The roofline is the exact FLOP count (2 x the multiply-adds of `mobilenetv2.profile`)
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -298,9 +299,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 for _ in range(3):
                     v.run(x1)
                 v.run(xb)
+            shuffle = random.Random(0)
             bar = tqdm(range(cfg.rounds), desc="bench rounds", disable=not progress)
-            for r in bar:
-                order = variants[r % len(variants):] + variants[:r % len(variants)]
+            for _round in bar:
+                # A new random order every round. A cyclic rotation would keep every variant
+                # behind the same predecessor, and a predecessor matters: ONNX Runtime's
+                # worker threads keep spinning after a run and slow whatever runs next on a
+                # 2-core CPU by up to 1.8x (measured: OpenVINO bf16 1.2 ms -> 2.1 ms).
+                order = list(variants)
+                shuffle.shuffle(order)
                 for v in order:
                     # Untimed runs first: the previous runtime's worker threads may still be
                     # spinning and its data is in the caches; that cost belongs to no one.

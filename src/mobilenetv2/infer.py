@@ -2,9 +2,10 @@
 
 Backends: `torch` (BN folded, channels_last, oneDNN; fp32 and bf16), `onnxruntime` (fp32 and
 int8 QDQ) and `openvino` (fp32, bf16 and int8 QDQ). `backend="auto"` takes the first
-installed backend of `AUTO_ORDER[precision]`, an order measured on this project's CPU
-(AMD Zen 4, AVX-512 VNNI/BF16; see docs/BENCHMARKS.md): for fp32 ONNX Runtime is fastest
-at batch 1 and 32, OpenVINO next, PyTorch last; for bf16 and int8 OpenVINO leads.
+installed backend of `AUTO_ORDER[precision]` (fp32: ONNX Runtime, OpenVINO, PyTorch; bf16
+and int8: OpenVINO first), then times each new input shape once on it and the next installed
+backend and keeps the faster: on this project's CPU (AVX-512 VNNI/BF16, docs/BENCHMARKS.md)
+the fp32 winner between ONNX Runtime and OpenVINO changed from run to run.
 
 Precision is what it says. OpenVINO silently runs "fp32" models in bf16 on CPUs with bf16
 units unless `INFERENCE_PRECISION_HINT` is `f32`, so the hint is always set, and the
@@ -52,7 +53,10 @@ AUTO_ORDER = {
     "bf16": ("openvino", "torch"),
     "int8": ("openvino", "onnxruntime"),
 }
-TUNE_MIN_BATCH = 8
+# Every new input shape, batch 1 included, is timed once on the two leading backends: which
+# of ONNX Runtime and OpenVINO wins fp32 changed between runs on the same CPU (batch 1:
+# ONNX Runtime 2.9 vs OpenVINO 3.6 ms in one run, 3.0 vs 2.2 ms in another; docs/BENCHMARKS.md).
+TUNE_MIN_BATCH = 1
 _MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -154,9 +158,8 @@ class InferenceSession:
         self.backend = self._pick(backend)
         self._calib = calib
         self._run = getattr(self, f"_build_{self.backend}")()
-        # auto: batched calls may be faster on another installed backend (OpenVINO's fp32
-        # throughput beat ONNX Runtime's in some of our measurements, never its batch-1
-        # latency), so each new batch shape >= TUNE_MIN_BATCH is timed once on both.
+        # auto: another installed backend may be faster for some shapes (see
+        # TUNE_MIN_BATCH), so each new input shape is timed once on both.
         others = [b for b in AUTO_ORDER[self.precision] if b != self.backend
                   and backend_installed(b) and (b != "torch" or self.module is not None)]
         self._alternates = others[:1] if backend == "auto" else []
