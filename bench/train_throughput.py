@@ -73,7 +73,7 @@ def ours_runner(cfg: ModelConfig, batches: list, amp: str = "auto",
     tc = TrainConfig(amp=amp, memory_format=memory_format, lr=0.01)
     device = torch.device("cpu")
     fmt = choose_memory_format(tc)
-    dtype = choose_amp(tc, device, batches[0][0].shape[-1])
+    dtype = choose_amp(tc, device, cfg, batches[0][0].shape[-1])
     model = MobileNetV2(cfg).to(memory_format=fmt)
     opt = build_optimizer(model, tc, 0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

@@ -13,9 +13,10 @@ from torch import nn
 from mobilenetv2 import MobileNetV2, ModelConfig
 from mobilenetv2.config import DataConfig, TrainConfig
 from mobilenetv2.data.loaders import ResumableSampler, mix_batch
+from mobilenetv2.profile import profile
 from mobilenetv2.train import make_config
 from mobilenetv2.train.optim import RMSpropTF, lr_at, param_groups
-from mobilenetv2.train.precision import CPU_BF16_MIN_SIZE, choose_amp, cpu_has_bf16
+from mobilenetv2.train.precision import CPU_BF16_MIN_MADDS, choose_amp, cpu_has_bf16
 
 
 def tf_rmsprop_reference(w0, grads, lrs, rho=0.9, momentum=0.9, eps=1.0, wd=0.0):
@@ -158,9 +159,14 @@ def test_sampler_resumes_mid_epoch_and_shards() -> None:
 def test_amp_rule_per_shape() -> None:
     cfg = TrainConfig()
     cpu = torch.device("cpu")
-    assert choose_amp(cfg, cpu, 32) is None
-    assert choose_amp(cfg, cpu, 224) == (torch.bfloat16 if cpu_has_bf16() else None)
-    assert choose_amp(cfg.replace(amp="off"), cpu, 224) is None
-    assert CPU_BF16_MIN_SIZE > 32
+    bf16 = torch.bfloat16 if cpu_has_bf16() else None
+    net = ModelConfig()
+    digits = ModelConfig(width=0.5, small_input=True, resolution=32)
+    assert choose_amp(cfg, cpu, net, 32) is None  # 6M multiply-adds: casts dominate
+    assert choose_amp(cfg, cpu, net, 224) == bf16
+    assert choose_amp(cfg, cpu, digits, 32) == bf16  # 28M: small input, large maps
+    assert choose_amp(cfg.replace(amp="off"), cpu, net, 224) is None
+    small = profile(ModelConfig(width=0.5), 64).madds  # 8M: measured 0.66x with bf16
+    assert small < CPU_BF16_MIN_MADDS < profile(digits, 32).madds
     with pytest.raises(ValueError, match="fp16"):
-        choose_amp(cfg.replace(amp="fp16"), cpu, 224)
+        choose_amp(cfg.replace(amp="fp16"), cpu, net, 224)

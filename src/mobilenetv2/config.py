@@ -281,8 +281,8 @@ class TrainConfig:
         ema_warmup: Ramp the EMA decay up as (1 + n) / (10 + n) early in training.
         grad_accum: Micro-batches accumulated per optimizer step.
         clip_grad_norm: Clip the global gradient norm to this value (0 disables).
-        amp: Mixed precision: "auto" (bf16 on CPUs with native bf16 for inputs of at least
-            128 px, bf16 or fp16 on CUDA), "off", "bf16" or "fp16".
+        amp: Mixed precision: "auto" (bf16 on CPUs with native bf16 for networks of at
+            least 20M multiply-adds per image, bf16 or fp16 on CUDA), "off", "bf16" or "fp16".
         memory_format: "auto" (channels_last for convolutions), "channels_last", "contiguous".
         compile: Wrap the model in `torch.compile`.
         sync_bn: Use SyncBatchNorm under DDP.

@@ -223,7 +223,7 @@ def _train(cfg: RunConfig, tc: TrainConfig, dc: DataConfig, device: torch.device
     model = _build_model(cfg, num_classes)
     cfg = RunConfig(model.config, dc, tc, cfg.out)  # the model's true config (fine-tuning)
     apply_freeze(model, tc.freeze, tc.freeze_bn)
-    amp_dtype = choose_amp(tc, device, size)
+    amp_dtype = choose_amp(tc, device, model.config, size)
     fmt = choose_memory_format(tc)
     if tc.sync_bn and device.type == "cpu":
         raise UserError("--sync-bn needs GPUs: torch's SyncBatchNorm has no CPU kernel")
