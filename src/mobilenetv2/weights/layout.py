@@ -9,16 +9,21 @@ Pure functions: a foreign state dict in, a `Converted` out.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import STAGES, ArchSpec, BlockSpec, resolve
+from mobilenetv2.weights.imagenet import imagenet_labels
+from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta, read_state_dict
 
-__all__ = ["STANDARD_WIDTHS", "Layout", "convert_state_dict", "infer_config", "key_map"]
+__all__ = ["STANDARD_WIDTHS", "Layout", "convert_layout", "convert_state_dict", "infer_config",
+           "key_map"]
 
 # Tried first, in this order, so a file gets the width it was published with when several
 # multipliers resolve to identical channel counts.
@@ -146,6 +151,40 @@ def convert_state_dict(
             f"{cfg.num_classes} classes): " + "; ".join(parts)
         )
     return cfg, out
+
+
+def convert_layout(
+    source: Mapping[str, torch.Tensor] | str | os.PathLike,
+    layout: Layout,
+    *,
+    default_preprocessing: Preprocessing,
+    preprocessing: Preprocessing | None = None,
+    labels: list[str] | None = None,
+    name: str | None = None,
+    check: Callable[[Mapping[str, torch.Tensor], str], None] | None = None,
+) -> Converted:
+    """The whole conversion of a foreign PyTorch-ecosystem file or state dict: read it safely
+    (never unpickled), strip `module.`, run the source's own `check`, map it with `layout`,
+    and attach ImageNet labels (for 1000 classes), preprocessing and provenance."""
+    if name is None:
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    nested = None
+    if isinstance(source, Mapping):
+        state = source
+    else:
+        state, nested = read_state_dict(source)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if check is not None:
+        check(state, name)
+    cfg, tensors = convert_state_dict(state, layout, ModelConfig(), name)
+    if labels is None and cfg.num_classes == 1000:
+        labels = imagenet_labels(1000)
+    provenance: dict[str, Any] = {"format": layout.name, "source": name}
+    if nested:
+        provenance["checkpoint_key"] = nested
+    meta = WeightsMeta(config=cfg, preprocessing=preprocessing or default_preprocessing,
+                       labels=labels, provenance=provenance)
+    return Converted(state_dict=tensors, meta=meta)
 
 
 def _shape(state: Mapping[str, torch.Tensor], module: str) -> tuple[int, ...] | None:

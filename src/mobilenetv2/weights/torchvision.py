@@ -19,10 +19,8 @@ from typing import Any
 
 import torch
 
-from mobilenetv2.config import ModelConfig
-from mobilenetv2.weights.imagenet import imagenet_labels
-from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta, read_state_dict
-from mobilenetv2.weights.layout import Layout, convert_state_dict
+from mobilenetv2.weights.io import Converted, Preprocessing
+from mobilenetv2.weights.layout import Layout, convert_layout
 
 __all__ = ["LAYOUT", "convert_torchvision", "looks_like_torchvision"]
 
@@ -69,19 +67,5 @@ def convert_torchvision(
         labels: Defaults to the ImageNet names for a 1000-class model, else none.
         name: What error messages call the source (default: its path).
     """
-    if name is None:
-        name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
-    nested = None
-    state = source if isinstance(source, Mapping) else None
-    if state is None:
-        state, nested = read_state_dict(source)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    cfg, tensors = convert_state_dict(state, LAYOUT, ModelConfig(), name)
-    if labels is None and cfg.num_classes == 1000:
-        labels = imagenet_labels(1000)
-    provenance: dict[str, Any] = {"format": "torchvision", "source": name}
-    if nested:
-        provenance["checkpoint_key"] = nested
-    meta = WeightsMeta(config=cfg, preprocessing=preprocessing or Preprocessing(),
-                       labels=labels, provenance=provenance)
-    return Converted(state_dict=tensors, meta=meta)
+    return convert_layout(source, LAYOUT, default_preprocessing=Preprocessing(),
+                          preprocessing=preprocessing, labels=labels, name=name)
