@@ -21,6 +21,7 @@ from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.errors import UserError
 from mobilenetv2.train.engine import EvalResult, evaluate
+from mobilenetv2.train.report import save_figure
 
 __all__ = ["EvalReport", "evaluate_weights", "plot_confusion", "write_eval_report"]
 
@@ -134,9 +135,4 @@ def plot_confusion(confusion: torch.Tensor, labels: list[str], path: str | os.Pa
     ax.set_title(title or "confusion matrix")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)

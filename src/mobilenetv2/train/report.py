@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "plot_curves", "write_report"]
+__all__ = ["MetricsLog", "plot_curves", "save_figure", "write_report"]
 
 
 class MetricsLog:
@@ -59,9 +59,17 @@ def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     axes[0].legend()
     axes[1].legend()
     fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure atomically (a viewer never sees a half-written PNG while the
+    run rewrites it every epoch) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
     return path
