@@ -86,3 +86,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def official_model(fixtures_dir: Path) -> MobileNetV2:
+    """The official TFLite MobileNetV2 from the fixtures, through `load_weights` (converted,
+    with its preprocessing and labels in `.meta`)."""
+    from mobilenetv2.weights import load_weights
+
+    return load_weights(str(fixtures_dir / "mobilenet_v2_1.0_224_quant.tflite"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploy_helpers import one_thread, random_model
+from deploy_helpers import official_model, one_thread, random_model
 from mobilenetv2.cli import main
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx, export_torchscript, onnx_metadata, verify_onnx
@@ -117,14 +117,7 @@ def test_export_cli(tmp_path, capsys) -> None:
 
 
 def test_official_tflite_model_exports(fixtures_dir, tmp_path) -> None:
-    tflite = pytest.importorskip("mobilenetv2.weights.tflite",
-                                 reason="the TFLite converter (branch convert) is not merged")
-    from mobilenetv2.model import MobileNetV2
-
-    conv = tflite.convert_tflite(fixtures_dir / "mobilenet_v2_1.0_224_quant.tflite")
-    model = MobileNetV2(conv.meta.config)
-    model.load_state_dict(conv.state_dict)
-    model.meta = conv.meta
+    model = official_model(fixtures_dir)
     res = export_onnx(model.eval(), tmp_path / "official.onnx", dynamic_hw=True)
     assert res.max_abs_diff <= 1e-4
     assert verify_onnx(model, res.path, sizes=[225], batch=1) <= 1e-4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_helpers import digits_model, digits_model_path, one_thread
+from deploy_helpers import digits_model, digits_model_path, official_model, one_thread
 from mobilenetv2.cli import main
 from mobilenetv2.quant.ptq import labelled_arrays, onnx_logits, quantize_ptq, read_accuracy
 from mobilenetv2.quant.qat import ActFakeQuant, QATConvBNAct, prepare_qat, set_qat_state
@@ -118,18 +118,11 @@ def test_qat_digits(tmp_path) -> None:
 
 
 def test_official_model_int8_top1_on_fixture_photos(fixtures_dir, tmp_path) -> None:
-    tflite = pytest.importorskip("mobilenetv2.weights.tflite",
-                                 reason="the TFLite converter (branch convert) is not merged")
     from mobilenetv2.data.images import open_rgb
     from mobilenetv2.data.transforms import eval_transform
-    from mobilenetv2.model import MobileNetV2
-
-    conv = tflite.convert_tflite(fixtures_dir / "mobilenet_v2_1.0_224_quant.tflite")
-    model = MobileNetV2(conv.meta.config)
-    model.load_state_dict(conv.state_dict)
-    model.meta = conv.meta
+    model = official_model(fixtures_dir)
     model.eval()
-    tf = eval_transform(conv.meta.preprocessing)
+    tf = eval_transform(model.meta.preprocessing)
     photos = ["cat.bmp", "grace_hopper.bmp", "parrot.jpg", "bird.bmp"]
     x = torch.stack([tf(open_rgb(fixtures_dir / p)) for p in photos]).numpy()
     # calibrate on the photos and flipped / cropped variants of them (real image statistics)
@@ -140,7 +133,7 @@ def test_official_model_int8_top1_on_fixture_photos(fixtures_dir, tmp_path) -> N
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).argmax(1).numpy()
     assert (fp == ref).all()
-    assert (q == fp).all(), [conv.meta.labels[i] for i in q]
+    assert (q == fp).all(), [model.meta.labels[i] for i in q]
 
 
 def test_deploy_demo_side_by_side(tmp_path, capsys) -> None:
