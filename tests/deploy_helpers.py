@@ -16,10 +16,11 @@ import torch
 
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.data.digits import DIGITS_LABELS, DigitsDataset
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.model import MobileNetV2
-from mobilenetv2.quant.fuse import reestimate_bn
-from mobilenetv2.weights.io import Preprocessing, WeightsMeta, load, save
+from mobilenetv2.model.fuse import reestimate_bn
+from mobilenetv2.weights.format import WeightsMeta, load, save
 
 DIGITS_PRE = Preprocessing(resize=32, crop=32, resize_mode="exact", mean=(0.5,) * 3,
                            std=(0.5,) * 3)

@@ -12,7 +12,7 @@ from deploy_helpers import official_model, one_thread, random_model
 from mobilenetv2.cli import main
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx, export_torchscript, onnx_metadata, verify_onnx
-from mobilenetv2.quant import fuse, is_fused
+from mobilenetv2.model.fuse import fuse, is_fused
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -105,7 +105,7 @@ def test_torchscript_export(tmp_path) -> None:
 
 
 def test_export_cli(tmp_path, capsys) -> None:
-    from mobilenetv2.weights.io import save
+    from mobilenetv2.weights.format import save
 
     weights = save(random_model(), tmp_path / "w.safetensors")
     assert main(["export", "--weights", str(weights), "-o", str(tmp_path / "w.onnx")]) == 0

@@ -11,7 +11,12 @@ import torch
 from deploy_helpers import one_thread, random_model
 from mobilenetv2.errors import UserError
 from mobilenetv2.export import export_onnx
-from mobilenetv2.infer import AUTO_ORDER, InferenceSession, backend_installed, cpu_has_bf16
+from mobilenetv2.runtime.session import (
+    AUTO_ORDER,
+    InferenceSession,
+    backend_installed,
+    cpu_has_bf16,
+)
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
@@ -63,7 +68,7 @@ def test_missing_backend_is_one_clear_error(model, monkeypatch) -> None:
 
 def test_cli_reports_missing_backend_in_one_line(tmp_path, monkeypatch, capsys) -> None:
     from mobilenetv2.cli import main
-    from mobilenetv2.weights.io import save
+    from mobilenetv2.weights.format import save
 
     weights = save(random_model(), tmp_path / "w.safetensors")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)

@@ -9,8 +9,9 @@ from PIL import Image
 
 from mobilenetv2 import create_model
 from mobilenetv2.data import ImageError, eval_transform, open_rgb
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
-from mobilenetv2.weights import Preprocessing, load, load_meta, load_state_dict_checked, save
+from mobilenetv2.weights import load, load_meta, load_state_dict_checked, save
 
 
 def test_roundtrip_rebuilds_model_from_file(tmp_path) -> None:
@@ -125,7 +126,7 @@ class _Evil:
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path) -> None:
-    from mobilenetv2.weights.io import read_state_dict
+    from mobilenetv2.weights.format import read_state_dict
 
     target = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pth"
@@ -144,7 +145,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path) -> None:
 
 
 def test_read_state_dict_unwraps_training_checkpoints(tmp_path) -> None:
-    from mobilenetv2.weights.io import read_state_dict
+    from mobilenetv2.weights.format import read_state_dict
 
     sd = {"module.a.weight": torch.ones(2), "b": torch.zeros(1)}
     ema = {"module.a.weight": torch.full((2,), 3.0), "module.b": torch.zeros(1),

@@ -11,9 +11,10 @@ from PIL import Image
 
 from mobilenetv2 import create_model
 from mobilenetv2.cli import main
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.predict import predict
-from mobilenetv2.weights import Preprocessing, load_weights, save
-from mobilenetv2.weights.io import load_meta, sha256_file
+from mobilenetv2.weights import load_weights, save
+from mobilenetv2.weights.format import load_meta, sha256_file
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.infer import InferenceSession, backend_installed, cpu_has_bf16
+from mobilenetv2.runtime.session import InferenceSession, backend_installed, cpu_has_bf16
 
 __all__ = ["BenchConfig", "CpuPeak", "cpu_peak", "format_markdown", "run_bench"]
 
@@ -166,9 +166,10 @@ def _versions() -> dict[str, str]:
 
 def _model(cfg: BenchConfig):
     from mobilenetv2.config import ModelConfig
+    from mobilenetv2.data.preprocessing import Preprocessing
     from mobilenetv2.model import MobileNetV2
-    from mobilenetv2.quant.fuse import reestimate_bn
-    from mobilenetv2.weights.io import Preprocessing, WeightsMeta
+    from mobilenetv2.model.fuse import reestimate_bn
+    from mobilenetv2.weights.format import WeightsMeta
 
     if cfg.weights is not None:
         from mobilenetv2.weights import load_weights
@@ -185,7 +186,7 @@ def _model(cfg: BenchConfig):
 def _torchvision(cfg: BenchConfig, threads: int):
     import torchvision
 
-    from mobilenetv2.quant.fuse import reestimate_bn
+    from mobilenetv2.model.fuse import reestimate_bn
 
     tv = torchvision.models.mobilenet_v2(width_mult=cfg.width)
     reestimate_bn(tv, steps=2, batch_size=8, size=cfg.size)

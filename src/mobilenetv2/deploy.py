@@ -51,8 +51,8 @@ def deploy_demo(
             (test split).
         rounds: Interleaved latency rounds; `runs` batch-1 runs per precision and round.
     """
-    from mobilenetv2.infer import InferenceSession
     from mobilenetv2.quant.ptq import labelled_arrays, quantize_ptq
+    from mobilenetv2.runtime.session import InferenceSession
     from mobilenetv2.weights import load_weights
 
     model = load_weights(weights)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from mobilenetv2.data.images import ImageError, open_rgb
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.data.transforms import eval_transform
-from mobilenetv2.weights.io import Preprocessing
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "find_images", "predict", "run_model"]
 

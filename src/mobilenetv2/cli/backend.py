@@ -1,5 +1,5 @@
 """Shared `--backend/--precision/--threads/--calib` options for the verbs that run a model
-(predict, eval, ...), and the `runner` they pass to the library (see `mobilenetv2.infer`)."""
+(predict, eval, ...), and the `runner` they pass to the library (`runtime.session`)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
 
 def session_from_args(model: Any, args: argparse.Namespace):
     """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the options."""
-    from mobilenetv2.infer import InferenceSession
+    from mobilenetv2.runtime.session import InferenceSession
 
     return InferenceSession(model, backend=args.backend, precision=args.precision,
                             threads=args.threads, calib=args.calib)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mobilenetv2.weights.convert import FORMATS, convert
-from mobilenetv2.weights.io import load_meta
+from mobilenetv2.weights.format import load_meta
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

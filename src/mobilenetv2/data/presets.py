@@ -22,8 +22,8 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from mobilenetv2.config import DataConfig
+from mobilenetv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mobilenetv2.data.transforms import interpolation_mode
-from mobilenetv2.weights.io import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = ["PRESETS", "eval_preprocessing", "resolve_preset", "train_transform"]
 

@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from mobilenetv2.weights.io import Preprocessing
+from mobilenetv2.data.preprocessing import Preprocessing
 
 __all__ = ["eval_transform", "interpolation_mode"]
 

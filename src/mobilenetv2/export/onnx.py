@@ -1,6 +1,6 @@
 """Export to ONNX and TorchScript, each verified numerically against PyTorch.
 
-The ONNX graph is the BN-folded network (`quant.fuse`): Conv (with bias), `Clip(0, 6)` for
+The ONNX graph is the BN-folded network (`model.fuse`): Conv (with bias), `Clip(0, 6)` for
 ReLU6 with constant bounds, `Add` for the shortcuts, `GlobalAveragePool`, `Flatten`, `Gemm`.
 tf_same padding (`SamePad2d`) becomes a `Pad` whose amounts are computed from the input
 shape, so it stays exact with dynamic height/width. The weights' metadata (config,
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.quant.fuse import fuse, is_fused
+from mobilenetv2.model.fuse import fuse, is_fused
 
 __all__ = [
     "ExportResult",
@@ -79,7 +79,7 @@ def require(module: str, purpose: str) -> Any:
 
 
 def _metadata(model: nn.Module, extra: dict[str, str] | None) -> dict[str, str]:
-    from mobilenetv2.weights.io import WeightsMeta
+    from mobilenetv2.weights.format import WeightsMeta
 
     meta = getattr(model, "meta", None)
     if meta is None and hasattr(model, "config"):

@@ -1,17 +1,6 @@
-"""Deployment-side graph preparation and int8 quantization (post-training and QAT)."""
+"""int8 quantization: post-training (ONNX QDQ) and quantization-aware training."""
 
-from mobilenetv2.quant.fuse import fold_conv_bn, fuse, is_fused, reestimate_bn
 from mobilenetv2.quant.ptq import QuantizeResult, quantize_onnx, quantize_ptq
 from mobilenetv2.quant.qat import prepare_qat, quantize_qat
 
-__all__ = [
-    "QuantizeResult",
-    "fold_conv_bn",
-    "fuse",
-    "is_fused",
-    "prepare_qat",
-    "quantize_onnx",
-    "quantize_ptq",
-    "quantize_qat",
-    "reestimate_bn",
-]
+__all__ = ["QuantizeResult", "prepare_qat", "quantize_onnx", "quantize_ptq", "quantize_qat"]

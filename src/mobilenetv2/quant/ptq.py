@@ -252,8 +252,9 @@ def quantize_ptq(
             digits.
         eval_images: Limit the evaluation set.
     """
+    from mobilenetv2.data.preprocessing import Preprocessing
     from mobilenetv2.export.onnx import export_onnx
-    from mobilenetv2.weights.io import Preprocessing, WeightsMeta
+    from mobilenetv2.weights.format import WeightsMeta
 
     meta = getattr(model, "meta", None) or WeightsMeta(config=model.config)
     pre: Preprocessing = meta.preprocessing

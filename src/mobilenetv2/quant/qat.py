@@ -203,7 +203,7 @@ def quantize_qat(
     from tqdm import tqdm
 
     from mobilenetv2.quant.ptq import labelled_arrays, measure, quantize_onnx
-    from mobilenetv2.weights.io import WeightsMeta
+    from mobilenetv2.weights.format import WeightsMeta
 
     for name, value in (("epochs", epochs), ("freeze_bn_after", freeze_bn_after),
                         ("freeze_observers_after", freeze_observers_after)):

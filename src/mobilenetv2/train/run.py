@@ -112,7 +112,7 @@ def make_config(
     base = dict(preset.model)
     if weights and Path(weights).is_file():
         # Fine-tuning starts from the architecture (and resolution) the weights were made for.
-        from mobilenetv2.weights.io import load_meta
+        from mobilenetv2.weights.format import load_meta
 
         base = {**load_meta(weights).config.to_dict(), "dropout": base.get("dropout", 0.2)}
         del base["num_classes"]  # the new head gets the data's classes
@@ -392,7 +392,7 @@ def snapshot_for_best(model: nn.Module, ema: ModelEma | None, cfg: RunConfig,
 def _finish(cfg: RunConfig, out: Path, dist: DistInfo, final: nn.Module, pre: Any,
             splits: Any, result: Any, state: TrainState, metrics: MetricsLog | None,
             t_start: float) -> TrainResult:
-    from mobilenetv2.weights.io import save
+    from mobilenetv2.weights.format import save
 
     model_path = out / "model.safetensors"
     files = {"model": str(model_path), "curves": str(out / "curves.png"),

@@ -1,8 +1,7 @@
 """Weights: our safetensors checkpoint format, converters from every ecosystem, pretrained."""
 
-from mobilenetv2.weights.io import (
+from mobilenetv2.weights.format import (
     Converted,
-    Preprocessing,
     WeightsMeta,
     load,
     load_meta,
@@ -12,7 +11,6 @@ from mobilenetv2.weights.io import (
 
 __all__ = [
     "Converted",
-    "Preprocessing",
     "WeightsMeta",
     "load",
     "load_meta",

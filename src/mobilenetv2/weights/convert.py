@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.weights.io import (
+from mobilenetv2.weights.format import (
     FORMAT,
     Converted,
     load_state_dict_checked,

@@ -41,10 +41,11 @@ import numpy as np
 import torch
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import ArchSpec, resolve
+from mobilenetv2.weights.format import Converted, WeightsMeta
 from mobilenetv2.weights.imagenet import imagenet_labels
-from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta
 
 __all__ = ["KERAS_ALPHAS", "convert_keras"]
 
@@ -348,7 +349,7 @@ def convert_keras(source: Any, *, backbone_only: bool = False) -> Converted:
 def _check_shapes(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
                   backbone_only: bool) -> None:
     from mobilenetv2.model import MobileNetV2, MobileNetV2Backbone
-    from mobilenetv2.weights.io import load_state_dict_checked
+    from mobilenetv2.weights.format import load_state_dict_checked
 
     model = MobileNetV2Backbone(cfg) if backbone_only else MobileNetV2(cfg)
     load_state_dict_checked(model, state, source=source)

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import STAGES, ArchSpec, BlockSpec, resolve
+from mobilenetv2.weights.format import Converted, WeightsMeta, read_state_dict
 from mobilenetv2.weights.imagenet import imagenet_labels
-from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta, read_state_dict
 
 __all__ = ["STANDARD_WIDTHS", "Layout", "convert_layout", "convert_state_dict", "infer_config",
            "key_map"]

@@ -34,8 +34,9 @@ from pathlib import Path
 from torch import nn
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
-from mobilenetv2.weights.io import Preprocessing, load, save_state_dict, sha256_file
+from mobilenetv2.weights.format import load, save_state_dict, sha256_file
 
 __all__ = [
     "PRETRAINED",

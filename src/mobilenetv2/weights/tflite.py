@@ -51,11 +51,12 @@ import numpy as np
 import torch
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import ArchSpec, resolve
 from mobilenetv2.model.layers import tf_same_padding
+from mobilenetv2.weights.format import Converted, WeightsMeta
 from mobilenetv2.weights.imagenet import imagenet_labels
-from mobilenetv2.weights.io import Converted, Preprocessing, WeightsMeta
 
 __all__ = ["BN_EPS", "OFFICIAL_WIDTHS", "convert_tflite", "read_tflite"]
 
@@ -687,7 +688,7 @@ def convert_tflite(
     state = _state_dict(net)
 
     from mobilenetv2.model import MobileNetV2
-    from mobilenetv2.weights.io import load_state_dict_checked
+    from mobilenetv2.weights.format import load_state_dict_checked
 
     load_state_dict_checked(MobileNetV2(cfg), state, source=source)  # exact shapes, loud
 

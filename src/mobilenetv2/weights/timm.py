@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import STAGES, ArchSpec, BlockSpec
-from mobilenetv2.weights.io import Converted, Preprocessing
+from mobilenetv2.weights.format import Converted
 from mobilenetv2.weights.layout import Layout, convert_layout
 
 __all__ = ["LAYOUT", "TIMM_PREPROCESSING", "convert_timm", "looks_like_timm"]

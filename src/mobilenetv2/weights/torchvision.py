@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from mobilenetv2.weights.io import Converted, Preprocessing
+from mobilenetv2.data.preprocessing import Preprocessing
+from mobilenetv2.weights.format import Converted
 from mobilenetv2.weights.layout import Layout, convert_layout
 
 __all__ = ["LAYOUT", "convert_torchvision", "looks_like_torchvision"]

@@ -228,8 +228,8 @@ class InferenceSession:
         if self._calib is None:
             raise UserError("int8 needs a quantized model: pass a .int8.onnx from "
                             "`mobilenetv2 quantize`, or calibration images (calib=...)")
+        from mobilenetv2.data.preprocessing import Preprocessing
         from mobilenetv2.quant.ptq import calibration_arrays, quantize_onnx
-        from mobilenetv2.weights.io import Preprocessing
 
         pre = self.meta.preprocessing if self.meta else Preprocessing()
         data = calibration_arrays(self._calib, pre)
@@ -238,7 +238,7 @@ class InferenceSession:
 
     # ----------------------------------------------------------------- backends
     def _build_torch(self):
-        from mobilenetv2.quant.fuse import fuse
+        from mobilenetv2.model.fuse import fuse
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
@@ -360,8 +360,8 @@ class InferenceSession:
 
     def transform(self):
         """The eval transform (PIL image -> tensor) of the weights' preprocessing."""
+        from mobilenetv2.data.preprocessing import Preprocessing
         from mobilenetv2.data.transforms import eval_transform
-        from mobilenetv2.weights.io import Preprocessing
 
         return eval_transform(self.meta.preprocessing if self.meta else Preprocessing())
 
@@ -392,7 +392,7 @@ class _SessionModule(nn.Module):
 
 
 def _meta_from_props(props: dict[str, str]) -> Any:
-    from mobilenetv2.weights.io import WeightsMeta
+    from mobilenetv2.weights.format import WeightsMeta
 
     if "config" not in props:
         return None

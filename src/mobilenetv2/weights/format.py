@@ -18,7 +18,7 @@ import pickle
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,11 @@ import torch
 from torch import nn
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "Converted",
-    "Preprocessing",
     "WeightsMeta",
     "load",
     "load_meta",
@@ -52,57 +50,7 @@ NESTED_KEYS = ("state_dict", "model")
 NESTED_EMA_KEYS = ("model_ema", "state_dict_ema")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT = "mobilenetv2/1"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a weight set.
-
-    Attributes:
-        resize: Size the image is resized to before cropping.
-        crop: Size of the square center crop fed to the network.
-        resize_mode: "shorter" resizes the shorter side to `resize` (torchvision, Keras
-            eval); "exact" resizes the whole image to `resize` x `resize` (TFLite examples).
-        interpolation: "bilinear", "bicubic" or "nearest".
-        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
-        std: Per-channel divisor. mean = std = 0.5 is TF's [-1, 1] scaling; 128/255 is
-            TFLite's (pixel - 128) / 128.
-    """
-
-    resize: int = 256
-    crop: int = 224
-    resize_mode: str = "shorter"
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if self.resize_mode not in ("shorter", "exact"):
-            raise ValueError(f"resize_mode must be 'shorter' or 'exact', got {self.resize_mode!r}")
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
-        if self.crop > self.resize:
-            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
-
-    @classmethod
-    def tf_inception(cls, size: int = 224) -> Preprocessing:
-        """[-1, 1] scaling, as Keras and TF-slim checkpoints expect."""
-        return cls(resize=round(size / 0.875), crop=size, mean=(0.5,) * 3, std=(0.5,) * 3)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        data = dict(data)
-        for key in ("mean", "std"):
-            if key in data:
-                data[key] = tuple(data[key])
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise ValueError(f"unknown preprocessing field(s): {', '.join(bad)}")
-        return cls(**data)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Where inference runs: the backend sessions and `InferenceSession`."""
