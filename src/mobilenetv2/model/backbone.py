@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,6 +85,10 @@ class MobileNetV2Backbone(nn.Module):
         self.head = ConvBNAct(arch.blocks[-1].out_channels, arch.head_channels, 1, **norm)
         self.feature_info: tuple[FeatureInfo, ...] = feature_info_for(arch)
         self.num_features = arch.head_channels
+        # The weights' metadata (`mobilenetv2.weights.WeightsMeta`: preprocessing, labels,
+        # provenance), set by the loaders and by training; None for a fresh network. Declared
+        # here so that every caller reads `model.meta` instead of probing for it.
+        self.meta: Any = None
         _init_weights(self)
 
     @property

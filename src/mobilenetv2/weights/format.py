@@ -35,6 +35,7 @@ __all__ = [
     "load",
     "load_meta",
     "load_state_dict_checked",
+    "meta_or_default",
     "read_state_dict",
     "save",
     "sha256_file",
@@ -102,6 +103,13 @@ class Converted:
 
     state_dict: dict[str, torch.Tensor]
     meta: WeightsMeta
+
+
+def meta_or_default(model: nn.Module) -> WeightsMeta:
+    """The model's weights metadata, or the defaults for its config (ImageNet preprocessing,
+    no labels) for a network that was built rather than loaded."""
+    meta = getattr(model, "meta", None)  # any nn.Module is accepted, not only ours
+    return meta if meta is not None else WeightsMeta(config=model.config)
 
 
 def save(
