@@ -3,7 +3,7 @@ from torchvision's references/classification/train.py (eager, NCHW, fp32), in th
 
 Shapes: 224x224 batch 32 (MobileNetV2 1.0, ImageNet-style) and 32x32 batch 128 (the digits
 network: width 0.5, small_input). "ours" is `mobilenetv2.train.engine.train_one_epoch` with the
-memory format and autocast that `train.precision` picks for that shape on this CPU; "plain" is
+memory format and autocast that `train.amp` picks for that shape on this CPU; "plain" is
 the reference loop (forward, cross-entropy, zero_grad, backward, SGD step, loss.item()).
 Variants run in interleaved rounds (A B, then B A, ...) and each round gives a paired ratio;
 the table reports medians, so load from other processes on a shared machine cancels out as
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from mobilenetv2 import MobileNetV2, ModelConfig
 from mobilenetv2.config import TrainConfig
+from mobilenetv2.train.amp import choose_amp, choose_memory_format, cpu_has_bf16
 from mobilenetv2.train.distributed import DistInfo
 from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
-from mobilenetv2.train.precision import choose_amp, choose_memory_format, cpu_has_bf16
 
 # (input side, model, batch). The issue's two shapes on the default network (width 1.0), and
 # the digits network of `make demo` (width 0.5, small_input) at 32x32, whose large early
@@ -66,7 +66,7 @@ def plain_runner(cfg: ModelConfig, batches: list):
 
 def ours_runner(cfg: ModelConfig, batches: list, amp: str = "auto",
                 memory_format: str = "auto"):
-    """Our engine with the per-shape defaults of `train.precision`."""
+    """Our engine with the per-shape defaults of `train.amp`."""
     from mobilenetv2.train.optim import build_optimizer
 
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """Units of the training stack: TF RMSProp against TF's update rule (and timm's RMSpropTF),
-the schedule, parameter groups, configuration precedence, mixup/cutmix, the precision rule."""
+the schedule, parameter groups, configuration precedence, mixup/cutmix, the mixed-precision
+rule, freezing and the resume lookup."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from torch import nn
 from mobilenetv2 import MobileNetV2, ModelConfig
 from mobilenetv2.config import DataConfig, TrainConfig
 from mobilenetv2.data.loaders import ResumableSampler, mix_batch
+from mobilenetv2.errors import UserError
 from mobilenetv2.profile import profile
 from mobilenetv2.train import make_config
+from mobilenetv2.train.amp import CPU_BF16_MIN_MADDS, choose_amp, cpu_has_bf16
+from mobilenetv2.train.checkpoint import resolve_resume
+from mobilenetv2.train.engine import keep_frozen_bn
+from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.optim import RMSpropTF, lr_at, param_groups
-from mobilenetv2.train.precision import CPU_BF16_MIN_MADDS, choose_amp, cpu_has_bf16
 
 
 def tf_rmsprop_reference(w0, grads, lrs, rho=0.9, momentum=0.9, eps=1.0, wd=0.0):
@@ -170,3 +175,41 @@ def test_amp_rule_per_shape() -> None:
     assert small < CPU_BF16_MIN_MADDS < profile(digits, 32).madds
     with pytest.raises(ValueError, match="fp16"):
         choose_amp(cfg.replace(amp="fp16"), cpu, net, 224)
+
+
+def _bn_training(module: nn.Module) -> set[bool]:
+    return {m.training for m in module.modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def test_freeze_stages_returns_the_parts_whose_bn_stays_frozen() -> None:
+    model = MobileNetV2(ModelConfig(width=0.35, num_classes=10))
+    parts = apply_freeze(model, "stages:2", freeze_bn=False)
+    # Table 2: stage 0 is the t=1 block, stage 1 the two 24-channel blocks.
+    assert parts == (model.stem, model.blocks[0], model.blocks[1], model.blocks[2])
+    grads = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("stem.", "blocks.0.", "blocks.1.", "blocks.2.")) for n in grads)
+    assert "blocks.3.expand.conv.weight" in grads and "classifier.weight" in grads
+    model.train()
+    keep_frozen_bn(parts)
+    assert _bn_training(model.blocks[2]) == {False} and _bn_training(model.blocks[3]) == {True}
+    # freeze_bn: every BatchNorm of the network, whatever is frozen.
+    assert apply_freeze(model, "none", freeze_bn=True) == (model,)
+    keep_frozen_bn((model,))
+    assert _bn_training(model) == {False}
+    fresh = MobileNetV2(ModelConfig(width=0.35, num_classes=10))
+    assert apply_freeze(fresh, "none", freeze_bn=False) == ()
+    assert all(p.requires_grad for p in fresh.parameters())
+
+
+def test_resume_lookup(tmp_path) -> None:
+    assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(UserError, match=f"no checkpoint-\\*.pt in {tmp_path}"):
+        resolve_resume("auto", tmp_path)
+    for step in (3, 12):
+        (tmp_path / f"checkpoint-{step:08d}.pt").write_bytes(b"")
+    (tmp_path / "best.pt").write_bytes(b"")
+    newest = tmp_path / "checkpoint-00000012.pt"
+    assert resolve_resume("auto", tmp_path) == newest
+    assert resolve_resume(tmp_path, tmp_path / "elsewhere") == newest
+    named = tmp_path / "checkpoint-00000003.pt"
+    assert resolve_resume(named, tmp_path / "elsewhere") == named

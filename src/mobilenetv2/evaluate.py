@@ -1,36 +1,120 @@
-"""Evaluating a weight set on a labelled dataset with the preprocessing its metadata records:
-top-1/top-5, per-class accuracy, a confusion matrix PNG and a JSON report.
+"""Evaluation: the metric loop of each task and the `eval` verb's report.
 
-`mobilenetv2 eval --weights W --data DIR` is a thin layer over `evaluate_weights`.
+- Classification (the paper's section 6.1 reports single center-crop top-1): `topk_metrics`
+  runs a model over a loader and returns `TopKMetrics` (top-1/top-5, mean loss, confusion
+  matrix, per-class accuracy). Training evaluates with it every epoch; segmentation (mIoU)
+  and detection (COCO mAP) metrics go beside it, each a loop over a loader and a result.
+- `run_eval` is the library function of `mobilenetv2 eval --weights W --data DIR`: the
+  weights' own preprocessing, top-k metrics, and `eval.json` + `confusion.png` via
+  `write_eval_report`.
+- `save_figure` writes every PNG of the package atomically (the confusion matrix here, the
+  training curves of `train.report`, which imports it from this layer).
+
+The loop knows nothing of DDP: a training run passes `sum_over_ranks` (a sum across
+processes) so each rank evaluates its shard and all agree on the totals.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from mobilenetv2.data.datasets import FolderDataset, scan_folder
-from mobilenetv2.data.digits import DigitsDataset
+from mobilenetv2.data.datasets import labelled_dataset
 from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.errors import UserError
-from mobilenetv2.train.engine import EvalResult, evaluate
-from mobilenetv2.train.report import save_figure
 
-__all__ = ["EvalReport", "evaluate_weights", "plot_confusion", "write_eval_report"]
+__all__ = [
+    "EvalReport",
+    "TopKMetrics",
+    "plot_confusion",
+    "run_eval",
+    "save_figure",
+    "topk_metrics",
+    "write_eval_report",
+]
+
+
+@dataclass
+class TopKMetrics:
+    """Top-1/top-5 accuracy, mean loss and the confusion matrix (rows: true class)."""
+
+    loss: float
+    top1: float
+    top5: float
+    confusion: torch.Tensor
+    count: int
+    skipped: list[str]
+
+    @property
+    def per_class(self) -> list[float]:
+        c = self.confusion.double()
+        return (c.diagonal() / c.sum(1).clamp(min=1)).tolist()
+
+
+@torch.no_grad()
+def topk_metrics(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> TopKMetrics:
+    """Accuracy of `model` over `loader`, whose batches are (images, targets, skipped paths).
+
+    Args:
+        sum_over_ranks: Sums a tensor in place across processes (DDP: each rank evaluates
+            its shard); None in a single process.
+        progress: Show a tqdm bar (pass False on all but one rank).
+    """
+    model.eval()
+    k = min(5, num_classes)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, top1, topk, n
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    skipped: list[str] = []
+    for x, y, bad in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                          disable=not progress):
+        skipped += [str(b) for b in bad]
+        if not len(x):
+            continue
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x).float()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        top = logits.topk(k, 1).indices
+        sums[1] += (top[:, 0] == y).sum()
+        sums[2] += (top == y[:, None]).any(1).sum()
+        sums[3] += len(y)
+        confusion += torch.bincount(y * num_classes + top[:, 0],
+                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+    if sum_over_ranks is not None:
+        sum_over_ranks(sums)
+        sum_over_ranks(confusion)
+    n = max(1.0, sums[3].item())
+    return TopKMetrics(loss=sums[0].item() / n, top1=sums[1].item() / n,
+                       top5=sums[2].item() / n, confusion=confusion.cpu(),
+                       count=int(sums[3].item()), skipped=skipped)
 
 
 @dataclass
 class EvalReport:
-    """The result of `evaluate_weights` and where its files are."""
+    """The result of `run_eval` and where its files are."""
 
-    result: EvalResult
+    result: TopKMetrics
     labels: list[str]
     json_path: Path | None
     png_path: Path | None
@@ -45,48 +129,25 @@ class EvalReport:
         }
 
 
-def _dataset(data: str, transform: Any, labels: list[str] | None) -> tuple[Any, list[str]]:
-    if data == "digits":
-        return DigitsDataset("test", transform), list(DigitsDataset.classes)
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--data: not 'digits' and not a folder: {data}")
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        root = root / "val"  # a training root: evaluate its validation split
-    classes, samples = scan_folder(root)
-    if labels is not None:
-        if sorted(classes) != sorted(labels):
-            raise UserError(
-                f"{root}: class folders {classes} do not match the weights' labels "
-                f"({len(labels)} labels: {', '.join(labels[:5])}"
-                f"{' ...' if len(labels) > 5 else ''})"
-            )
-        # Map folder names to the weights' label order.
-        remap = {name: labels.index(name) for name in classes}
-        samples = [(p, remap[classes[t]]) for p, t in samples]
-        classes = list(labels)
-    return FolderDataset(samples, classes, transform), classes
-
-
-def evaluate_weights(model: nn.Module, data: str, out: str | os.PathLike | None = None,
-                     batch_size: int = 128, num_workers: int = -1,
-                     device: str | torch.device = "cpu", progress: bool = True) -> EvalReport:
+def run_eval(model: nn.Module, data: str, out: str | os.PathLike | None = None,
+             batch_size: int = 128, num_workers: int = -1,
+             device: str | torch.device = "cpu", progress: bool = True) -> EvalReport:
     """Evaluate `model` (with `.meta` from its weights file) on `data` ("digits", an
     ImageFolder directory, or a root whose `val/` is one) using the weights' preprocessing.
 
     Writes `eval.json` and `confusion.png` into `out` when given.
     """
-    meta = getattr(model, "meta", None)
+    meta = model.meta
     if meta is None:
         raise UserError("the model carries no metadata (preprocessing, labels); load it "
                         "with mobilenetv2.weights.load_weights")
-    ds, labels = _dataset(data, eval_transform(meta.preprocessing), meta.labels)
+    ds, labels = labelled_dataset(data, eval_transform(meta.preprocessing), meta.labels)
     if len(labels) != model.num_classes:
         raise UserError(f"{data}: {len(labels)} classes but the weights have "
                         f"{model.num_classes} outputs")
     device = torch.device(device)
     loader = make_loader(ds, batch_size, train=False, seed=0, num_workers=num_workers)
-    result = evaluate(model.to(device), loader, device, len(labels), progress=progress)
+    result = topk_metrics(model.to(device), loader, device, len(labels), progress=progress)
     report = EvalReport(result, labels, None, None)
     if out is not None:
         report.json_path, report.png_path = write_eval_report(report, out)
@@ -136,3 +197,16 @@ def plot_confusion(confusion: torch.Tensor, labels: list[str], path: str | os.Pa
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure atomically (a viewer never sees a half-written PNG while a
+    training run rewrites it every epoch) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -5,8 +5,10 @@ grayscale, RGBA, palette, CMYK and 16-bit images), applies `eval_transform` of t
 `meta.preprocessing` (the transform their accuracy was measured with, paper section 6.1
 reports single center-crop accuracy), runs batches and returns the top-k labels by name.
 A file that cannot be read becomes a `Prediction` with an `error` naming it; the others are
-still predicted. The model call is one small function, `run_model`, the hook where other
-backends (ONNX Runtime, OpenVINO) plug in.
+still predicted. Folders are walked by `data.images.image_files` (the same files `train` and
+`quantize --calib` see); files named explicitly are tried whatever their suffix. The model
+call is one small function, `run_model`, the hook where other backends (ONNX Runtime,
+OpenVINO) plug in.
 """
 
 from __future__ import annotations
@@ -20,19 +22,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenetv2.data.images import ImageError, open_rgb
-from mobilenetv2.data.preprocessing import Preprocessing
+from mobilenetv2.data.images import ImageError, image_files, open_rgb
 from mobilenetv2.data.transforms import eval_transform
+from mobilenetv2.weights.format import meta_or_default
 
-__all__ = ["IMAGE_SUFFIXES", "Prediction", "find_images", "predict", "run_model"]
+__all__ = ["Prediction", "find_images", "predict", "run_model"]
 
 log = logging.getLogger(__name__)
-
-# What a directory walk picks up; files named explicitly are tried whatever their suffix.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-     ".pgm", ".pbm", ".pnm"}
-)
 
 
 @dataclass
@@ -60,7 +56,7 @@ class Prediction:
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Prediction]]:
-    """Files to classify: given files as is, directories walked (sorted) for image suffixes.
+    """Files to classify: given files as is, directories walked by `image_files`.
 
     Returns the files and an error `Prediction` for each path that does not exist or a
     directory without images.
@@ -70,10 +66,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Pr
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = image_files(p)
             if not found:
                 errors.append(Prediction(str(p), error=f"{p}: no image files in this folder"))
             files.extend(found)
@@ -120,13 +113,12 @@ def predict(
         raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    meta = getattr(model, "meta", None)
-    if meta is None:
+    if model.meta is None:
         log.warning("model has no weights metadata: assuming ImageNet mean/std, resize 256, "
                     "crop 224, and unnamed classes")
-    pre = meta.preprocessing if meta is not None else Preprocessing()
-    labels = meta.labels if meta is not None else None
-    transform = eval_transform(pre)
+    meta = meta_or_default(model)
+    labels = meta.labels
+    transform = eval_transform(meta.preprocessing)
     model.eval()
     device = next(model.parameters()).device
 

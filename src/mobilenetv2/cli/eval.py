@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenetv2.evaluate import evaluate_weights
+    from mobilenetv2.evaluate import run_eval
     from mobilenetv2.weights import load_weights
 
     if args.batch_size < 1:
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         model = session.as_module(model)
     elif args.backend not in ("auto", "torch") or args.precision != "fp32":
         raise ValueError(f"--backend/--precision apply to --device cpu, not {args.device}")
-    report = evaluate_weights(model, args.data, args.out, batch_size=args.batch_size,
-                              num_workers=args.num_workers, device=args.device)
+    report = run_eval(model, args.data, args.out, batch_size=args.batch_size,
+                      num_workers=args.num_workers, device=args.device)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
         return 0

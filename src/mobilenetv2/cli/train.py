@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 from mobilenetv2.cli.options import add_config_options, config_overrides
 from mobilenetv2.config import DataConfig, ModelConfig, TrainConfig
@@ -48,15 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenetv2.train import RunConfig, make_config, train
-    from mobilenetv2.train.checkpoint import find_latest, load_checkpoint
+    from mobilenetv2.config import DEFAULT_RUN_DIR, RunConfig
+    from mobilenetv2.train import make_config, train
+    from mobilenetv2.train.checkpoint import load_checkpoint, resolve_resume
 
     over = {k: config_overrides(args, names) for k, names in _FIELDS.items()}
     if args.resume is not None:
-        src = Path(args.resume if args.resume != "auto" else (args.out or "runs/train"))
-        path = find_latest(src) if src.is_dir() else src
-        if path is None:
-            raise ValueError(f"--resume: no checkpoint-*.pt in {src}")
+        path = resolve_resume(args.resume, args.out or DEFAULT_RUN_DIR)
         saved = RunConfig.from_dict(load_checkpoint(path)["config"])
         cfg = RunConfig(saved.model.replace(**over["model"]), saved.data.replace(**over["data"]),
                         saved.train.replace(**over["train"]), args.out or saved.out)

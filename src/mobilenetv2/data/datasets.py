@@ -1,7 +1,7 @@
-"""Datasets for training: class-per-folder directories (ImageFolder layout) with a reproducible
-held-out split, and the bundled digits. Unreadable files are skipped with a warning and
-counted (or fatal on request); empty classes and single-class datasets are errors found
-before any training starts.
+"""Datasets for training and evaluation: class-per-folder directories (ImageFolder layout)
+with a reproducible held-out split, and the bundled digits. Unreadable files are skipped with a
+warning and counted (or fatal on request); empty classes and single-class datasets are errors
+found before any training starts. Which files count as images is `data.images.image_files`.
 """
 
 from __future__ import annotations
@@ -18,22 +18,20 @@ from torch.utils.data import Dataset
 
 from mobilenetv2.config import DataConfig
 from mobilenetv2.data.digits import DigitsDataset
-from mobilenetv2.data.images import ImageError, open_rgb
+from mobilenetv2.data.images import IMAGE_SUFFIXES, ImageError, image_files, open_rgb
 from mobilenetv2.errors import UserError
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "FolderDataset",
     "SKIPPED",
     "Splits",
     "build_splits",
+    "labelled_dataset",
     "scan_folder",
 ]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm")
 # What a dataset returns in place of an image it could not read; the collate function drops it
 # and counts the file.
 SKIPPED = "__skipped__"
@@ -65,16 +63,13 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
     samples: list[tuple[str, int]] = []
     empty = []
     for idx, name in enumerate(classes):
-        files = sorted(
-            str(p) for p in (root / name).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = [str(p) for p in image_files(root / name)]
         if not files:
             empty.append(name)
         samples += [(f, idx) for f in files]
     if empty:
         raise UserError(f"{root}: empty class folder(s) with no image files: "
-                        f"{', '.join(empty)} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+                        f"{', '.join(empty)} (extensions {', '.join(IMAGE_SUFFIXES)})")
     return list(classes), samples
 
 
@@ -122,10 +117,8 @@ def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable) -> Spli
     if cfg.data == "digits":
         return Splits(DigitsDataset("train", train_tf), DigitsDataset("test", eval_tf),
                       list(DigitsDataset.classes), "bundled digits (scikit-learn)", "test")
-    root = Path(cfg.data).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--data: not 'digits' and not a folder: {cfg.data}")
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    root = _data_root(cfg.data)
+    if _has_train_val(root):
         classes, train = scan_folder(root / "train")
         _, val = scan_folder(root / "val", classes)
         name = "val"
@@ -138,6 +131,49 @@ def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable) -> Spli
     return Splits(FolderDataset(train, classes, train_tf, cfg.strict_images),
                   FolderDataset(val, classes, eval_tf, cfg.strict_images),
                   classes, str(root), name)
+
+
+def labelled_dataset(data: str, transform: Callable, labels: Sequence[str] | None = None,
+                     ) -> tuple[Dataset, list[str]]:
+    """The dataset `eval` measures on, and its class names.
+
+    Args:
+        data: "digits" (the bundled test split), an ImageFolder directory, or a training root
+            with `train/` and `val/` (its `val/` is used).
+        transform: Applied to every PIL image.
+        labels: The weights' class names; the folder's classes must be the same names, and
+            targets follow this order. None keeps the folder's sorted order.
+    """
+    if data == "digits":
+        return DigitsDataset("test", transform), list(DigitsDataset.classes)
+    root = _data_root(data)
+    if _has_train_val(root):
+        root = root / "val"  # a training root: evaluate its validation split
+    classes, samples = scan_folder(root)
+    if labels is not None:
+        labels = list(labels)
+        if sorted(classes) != sorted(labels):
+            raise UserError(
+                f"{root}: class folders {classes} do not match the weights' labels "
+                f"({len(labels)} labels: {', '.join(labels[:5])}"
+                f"{' ...' if len(labels) > 5 else ''})"
+            )
+        # Map folder names to the weights' label order.
+        remap = {name: labels.index(name) for name in classes}
+        samples = [(p, remap[classes[t]]) for p, t in samples]
+        classes = labels
+    return FolderDataset(samples, classes, transform), classes
+
+
+def _data_root(data: str) -> Path:
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data: not 'digits' and not a folder: {data}")
+    return root
+
+
+def _has_train_val(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "val").is_dir()
 
 
 def _held_out(samples: list[tuple[str, int]], num_classes: int, fraction: float, seed: int,

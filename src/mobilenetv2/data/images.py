@@ -1,5 +1,22 @@
-"""Opening any image a user has as RGB: EXIF orientation, grayscale, RGBA, palette, CMYK and
-16-bit images; a clear `ImageError` naming the file for anything that is not an image."""
+"""Images on disk: the one safe opener, the one suffix list and the one folder walker.
+
+`open_rgb` opens any image a user has as RGB: EXIF orientation, grayscale, RGBA, palette,
+CMYK and 16-bit images; a clear `ImageError` naming the file for anything that is not an image.
+
+`image_files` is how every folder of images is read (`train` and `eval` class folders,
+`quantize --calib`, `predict DIR`), so all of them see the same files in the same folder:
+
+- Suffixes: `IMAGE_SUFFIXES`, the formats Pillow decodes that cameras, datasets and the web
+  use (JPEG with its `.jfif` alias, PNG, BMP, GIF, TIFF, WebP and the netpbm family), matched
+  case-insensitively (`IMG_0001.JPG` from a camera counts).
+- Hidden entries are skipped: files and folders whose name starts with "." below the root.
+  They are never images a user meant to include: macOS writes `._name.jpg` AppleDouble
+  files (metadata, not JPEGs) next to every copied image, and Jupyter keeps duplicate
+  `.ipynb_checkpoints/` copies; counting them would report bogus unreadable files or train on
+  duplicates. A file named explicitly (`predict ._x.jpg`) is not walked and is always tried.
+- Order: sorted by path string, so a dataset's sample order (and with it the held-out split
+  and the data order of a seed) is the same on every machine.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +28,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mobilenetv2.errors import UserError
 
-__all__ = ["ImageError", "open_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "image_files", "open_rgb"]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+    ".pbm", ".pnm",
+)
 
 
 class ImageError(UserError):
@@ -42,6 +64,19 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{p}: not an image (unrecognised format)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{p}: corrupt or truncated image ({e})") from e
+
+
+def image_files(root: str | os.PathLike) -> list[Path]:
+    """Image files under `root` (recursively), hidden entries skipped, sorted; see the module
+    docstring for which files count. An empty list when there are none."""
+    root = Path(root)
+    found = [
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    ]
+    return sorted(found, key=str)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenetv2.data.images import IMAGE_SUFFIXES, image_files
 from mobilenetv2.errors import UserError
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "QuantizeResult",
     "calibration_arrays",
     "labelled_arrays",
@@ -43,8 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -72,8 +70,7 @@ class QuantizeResult:
 
 
 def _image_files(root: Path) -> list[Path]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and p.is_file())
+    files = image_files(root)
     if not files:
         raise UserError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files

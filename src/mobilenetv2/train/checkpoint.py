@@ -24,9 +24,11 @@ import torch
 from mobilenetv2.errors import UserError
 
 __all__ = [
+    "checkpoint_name",
     "find_latest",
     "load_checkpoint",
     "prune_checkpoints",
+    "resolve_resume",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -99,6 +101,25 @@ def find_latest(run_dir: str | os.PathLike) -> Path | None:
         return None
     found = sorted(p for p in run_dir.iterdir() if PATTERN.match(p.name))
     return found[-1] if found else None
+
+
+def resolve_resume(resume: str | os.PathLike | None, out: str | os.PathLike) -> Path | None:
+    """The checkpoint `--resume` means: None for no resume; "auto" is the newest checkpoint in
+    the run directory `out`, a directory its newest checkpoint, anything else a checkpoint
+    file (checked when it is loaded).
+
+    Raises:
+        UserError: The directory holds no `checkpoint-<step>.pt`.
+    """
+    if resume is None:
+        return None
+    src = Path(out) if str(resume) == "auto" else Path(resume)
+    if str(resume) != "auto" and not src.is_dir():
+        return src
+    latest = find_latest(src)
+    if latest is None:
+        raise UserError(f"--resume: no checkpoint-*.pt in {src}")
+    return latest
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:

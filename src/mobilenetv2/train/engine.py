@@ -1,14 +1,14 @@
-"""The two loops (DESIGN example 11): `train_one_epoch` and `evaluate`.
-
-Both are plain functions over a model, a loader and a small context; DDP, mixed precision,
-channels_last, gradient accumulation and clipping are switches of that context.
+"""The training loop (DESIGN example 11): `train_one_epoch`, a plain function over a model, a
+loader and a small context; DDP, mixed precision, channels_last, gradient accumulation,
+clipping and frozen BatchNorm statistics are switches of that context. Its partner, the
+evaluation loop, is `mobilenetv2.evaluate.topk_metrics`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -20,9 +20,9 @@ from tqdm import tqdm
 from mobilenetv2.data.loaders import mix_batch
 from mobilenetv2.errors import UserError
 from mobilenetv2.train.distributed import DistInfo, all_reduce_sum, unwrap
+from mobilenetv2.train.ema import ModelEma
 
-__all__ = ["EvalResult", "NonFiniteLoss", "StepContext", "TrainState", "evaluate",
-           "keep_frozen_bn", "train_one_epoch"]
+__all__ = ["NonFiniteLoss", "StepContext", "TrainState", "keep_frozen_bn", "train_one_epoch"]
 
 
 class NonFiniteLoss(UserError):
@@ -70,12 +70,7 @@ class StepContext:
     max_steps: int
     dist: DistInfo
     progress: bool = True
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    frozen_bn: tuple[nn.Module, ...] = ()  # parts whose BatchNorm layers stay in eval mode
 
 
 def train_one_epoch(
@@ -87,15 +82,20 @@ def train_one_epoch(
     ctx: StepContext,
     state: TrainState,
     on_step: Callable[[TrainState, dict], None] | None = None,
-    ema_update: Callable[[], None] | None = None,
+    ema: ModelEma | None = None,
 ) -> dict:
     """Run the remaining optimizer steps of epoch `state.epoch`, starting at
     `state.epoch_step` (the loader's sampler must already skip the batches before it).
 
+    Args:
+        on_step: Called after every optimizer step with the state and the step's loss,
+            accuracy, learning rate and throughput.
+        ema: Updated from the (unwrapped) model after every `ema.every`-th step.
+
     Returns the epoch's mean loss, accuracy and throughput over all ranks.
     """
     model.train()
-    keep_frozen_bn(model)
+    keep_frozen_bn(ctx.frozen_bn)
     remaining = ctx.steps_per_epoch - state.epoch_step
     if ctx.max_steps:
         remaining = min(remaining, ctx.max_steps - state.step)
@@ -117,7 +117,8 @@ def train_one_epoch(
                                        ctx.cutmix_alpha, seed) if len(x) else (x, None)
                 sync = micro == ctx.grad_accum - 1 or not hasattr(model, "no_sync")
                 with (nullcontext() if sync else model.no_sync()):
-                    with _autocast(ctx.device, ctx.amp_dtype):
+                    with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype,
+                                        enabled=ctx.amp_dtype is not None):
                         logits = model(xm) if len(x) else None
                         loss = (F.cross_entropy(logits.float(), target,
                                                 label_smoothing=ctx.label_smoothing)
@@ -135,8 +136,8 @@ def train_one_epoch(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            if ema_update is not None:
-                ema_update()
+            if ema is not None and state.step % ema.every == ema.every - 1:
+                ema.update(unwrap(model))
             state.step += 1
             state.epoch_step += 1
             state.sums[0] += step_loss
@@ -161,14 +162,12 @@ def train_one_epoch(
             "img_s": seen * ctx.dist.world_size / max(1e-9, elapsed)}
 
 
-def keep_frozen_bn(model: nn.Module) -> None:
-    """Frozen parts keep their BatchNorm statistics: BN layers inside them (or all of them,
-    with `freeze_bn`) go back to eval mode after `model.train()`. With frozen statistics a
-    sample's gradient does not depend on its batch, which is what lets the DDP test compare
-    2 x 4 images with 1 x 8."""
-    m = unwrap(model)
-    targets = [m] if getattr(m, "_freeze_bn", False) else getattr(m, "_frozen_modules", [])
-    for part in targets:
+def keep_frozen_bn(parts: Sequence[nn.Module]) -> None:
+    """Frozen parts keep their BatchNorm statistics: BN layers inside `parts` (what
+    `train.finetune.freeze` returns) go back to eval mode after `model.train()`. With frozen
+    statistics a sample's gradient does not depend on its batch, which is what lets the DDP
+    test compare 2 x 4 images with 1 x 8."""
+    for part in parts:
         for mod in part.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 mod.eval()
@@ -185,55 +184,3 @@ def _check_finite(loss: torch.Tensor | None, ctx: StepContext, state: TrainState
             "the data; the last good checkpoint is intact"
         )
 
-
-@dataclass
-class EvalResult:
-    """Top-1/top-5 accuracy, mean loss and the confusion matrix (rows: true class)."""
-
-    loss: float
-    top1: float
-    top5: float
-    confusion: torch.Tensor
-    count: int
-    skipped: list[str]
-
-    @property
-    def per_class(self) -> list[float]:
-        c = self.confusion.double()
-        return (c.diagonal() / c.sum(1).clamp(min=1)).tolist()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-             num_classes: int, amp_dtype: torch.dtype | None = None,
-             memory_format: torch.memory_format = torch.contiguous_format,
-             dist: DistInfo | None = None, progress: bool = True, desc: str = "eval",
-             ) -> EvalResult:
-    """Accuracy of `model` over `loader` (sharded across ranks and summed)."""
-    dist = dist or DistInfo()
-    model.eval()
-    k = min(5, num_classes)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, top1, topk, n
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    skipped: list[str] = []
-    for x, y, bad in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                          disable=not (progress and dist.is_main)):
-        skipped += [str(b) for b in bad]
-        if not len(x):
-            continue
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
-            logits = model(x).float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        top = logits.topk(k, 1).indices
-        sums[1] += (top[:, 0] == y).sum()
-        sums[2] += (top == y[:, None]).any(1).sum()
-        sums[3] += len(y)
-        confusion += torch.bincount(y * num_classes + top[:, 0],
-                                    minlength=num_classes ** 2).view(num_classes, num_classes)
-    all_reduce_sum(sums, dist)
-    all_reduce_sum(confusion, dist)
-    n = max(1.0, sums[3].item())
-    return EvalResult(loss=sums[0].item() / n, top1=sums[1].item() / n, top5=sums[2].item() / n,
-                      confusion=confusion.cpu(), count=int(sums[3].item()), skipped=skipped)

@@ -1,4 +1,5 @@
-"""Named training recipes (DESIGN example 12): presets of model, data and training options.
+"""Named training recipes (DESIGN example 12): presets of model, data and training options,
+and `make_config`, which applies one.
 
 Precedence, lowest first: dataclass defaults, the recipe, a config file, command-line options.
 
@@ -23,10 +24,21 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["RECIPES", "Recipe", "default_recipe"]
+from mobilenetv2.config import (
+    DEFAULT_RUN_DIR,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_config_file,
+)
+
+__all__ = ["RECIPES", "Recipe", "default_recipe", "make_config"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +93,41 @@ def default_recipe(data: str, weights: str | None) -> str:
     if weights:
         return "finetune"
     return "digits" if data == "digits" else "modern"
+
+
+def make_config(
+    recipe: str | None = None,
+    file: str | os.PathLike | None = None,
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    out: str | None = None,
+) -> RunConfig:
+    """Dataclass defaults, then the recipe, then the config file, then explicit overrides.
+
+    Args:
+        recipe: A name of `RECIPES`; None takes the file's `recipe`, else `default_recipe`.
+        file: A YAML/JSON config file (see `config.load_config_file`).
+        model, data, train: Overrides of `ModelConfig`, `DataConfig`, `TrainConfig` fields.
+        out: The run directory (default: the file's `out`, else `runs/train`).
+    """
+    doc = load_config_file(file) if file else {}
+    model, data, train = dict(model or {}), dict(data or {}), dict(train or {})
+    data_src = data.get("data", doc.get("data", {}).get("data", "digits"))
+    weights = train.get("weights", doc.get("train", {}).get("weights"))
+    name = recipe or doc.get("recipe") or default_recipe(data_src, weights)
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    preset = RECIPES[name]
+    base = dict(preset.model)
+    if weights and Path(weights).is_file():
+        # Fine-tuning starts from the architecture (and resolution) the weights were made for.
+        from mobilenetv2.weights.format import load_meta
+
+        base = {**load_meta(weights).config.to_dict(), "dropout": base.get("dropout", 0.2)}
+        del base["num_classes"]  # the new head gets the data's classes
+    m = {**base, **doc.get("model", {}), **model}
+    d = {**preset.data, **doc.get("data", {}), **data}
+    t = {"recipe": name, **preset.train, **doc.get("train", {}), **train}
+    return RunConfig(model=ModelConfig().replace(**m), data=DataConfig().replace(**d),
+                     train=TrainConfig().replace(**t), out=out or doc.get("out", DEFAULT_RUN_DIR))

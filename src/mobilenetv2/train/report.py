@@ -1,14 +1,22 @@
-"""Run observability: `metrics.jsonl`, `curves.png` (rewritten after every epoch) and the
-final `report.md`."""
+"""Run observability: `metrics.jsonl`, TensorBoard events, `curves.png` (rewritten after
+every epoch) and the final `report.md`. PNGs are written by `evaluate.save_figure`."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "plot_curves", "save_figure", "write_report"]
+from mobilenetv2.evaluate import save_figure
+
+__all__ = ["MetricsLog", "RunLog", "plot_curves", "write_report"]
+
+log = logging.getLogger(__name__)
+
+# The epoch record's values mirrored to TensorBoard.
+EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "img_s")
 
 
 class MetricsLog:
@@ -33,6 +41,44 @@ class MetricsLog:
 
     def read(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class RunLog:
+    """What the writing rank records while a run trains: `metrics.jsonl`, TensorBoard events
+    (`tb/`, when asked for and installed) and `curves.png` after every epoch."""
+
+    def __init__(self, out: Path, resume_step: int | None, tensorboard: bool) -> None:
+        self.out = out
+        self.metrics = MetricsLog(out / "metrics.jsonl", resume_step=resume_step)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                log.info("tensorboard not installed: no event files")
+
+    def step(self, epoch: int, step: int, info: dict[str, float]) -> None:
+        self.metrics.write({"kind": "step", "epoch": epoch, "step": step, **info})
+        if self.writer is not None:
+            for k, v in info.items():
+                self.writer.add_scalar(f"step/{k}", v, step)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+        if self.writer is not None:
+            for k in EPOCH_SCALARS:
+                self.writer.add_scalar(f"epoch/{k}", record[k], record["epoch"])
+            self.writer.flush()
+        plot_curves(self.metrics.epochs(), self.out / "curves.png")
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return self.metrics.epochs()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -60,19 +106,6 @@ def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     axes[1].legend()
     fig.tight_layout()
     return save_figure(fig, path, dpi=90)
-
-
-def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write a matplotlib figure atomically (a viewer never sees a half-written PNG while the
-    run rewrites it every epoch) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def write_report(path: str | os.PathLike, *, config: dict[str, Any], summary: dict[str, Any],

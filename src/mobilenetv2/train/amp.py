@@ -1,4 +1,8 @@
-"""Choosing the fast path per device and input size: mixed precision and memory format.
+"""How a training step runs on its device: the device itself, automatic mixed precision (the
+autocast dtype) and the memory format, chosen per device and input size.
+
+(Named `amp`, not `precision`: in this package "precision" is the numeric precision of an
+inference session, `runtime`'s fp32 / bf16 / int8.)
 
 The rule for `amp="auto"` (measured with `bench/train_throughput.py`, docs/BENCHMARKS.md):
 
