@@ -7,7 +7,7 @@ options users of the official TF-slim / Keras releases need to reproduce them ex
 the three with the run directory, and is what `config.json` and every checkpoint store.
 `load_config_file` reads the YAML/JSON file that sets defaults below the command line.
 
-Longer than 400 lines because every field is documented here, once: the CLI builds each
+Long because every field is documented here, once: the CLI builds each
 option's --help text from these Attributes sections.
 """
 
