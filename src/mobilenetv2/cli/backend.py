@@ -68,10 +68,7 @@ def session_from_args(model: Any, args: Any) -> Any:
 
 
 def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes)."""
-    import torch
-
-    def run(_model: Any, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session(batch.detach().cpu().float().numpy()))
-
-    return run
+    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes), through
+    the session's own tensor adapter (`InferenceSession.as_module`)."""
+    module = session.as_module()
+    return lambda _model, batch: module(batch)

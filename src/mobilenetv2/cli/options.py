@@ -51,6 +51,7 @@ __all__ = [
     "SHARED",
     "Option",
     "Parser",
+    "Verb",
     "add_options",
     "add_verb",
     "args_from_namespace",
@@ -300,7 +301,7 @@ def _help(decl: Option, default: Any, verb: bool) -> str:
     text = decl.help
     if decl.default_help is not None:
         return f"{text} (default: {decl.default_help})".strip()
-    if verb and default in (None, False):
+    if verb and (default is None or default is False):
         return text
     if isinstance(default, (list, tuple)):
         default = " ".join(map(str, default))
