@@ -10,6 +10,33 @@ import pytest
 
 from mobilenetv2.cli import main
 
+# --- the declarative CLI: one mechanism, shared options, one-line usage errors --------------
+
+# The flags each verb promises (README "Command line"); the declarations must keep them.
+PROMISED = {
+    "variants": ["--json"],
+    "profile": ["--variant", "--width", "--resolution", "--num-classes", "--padding",
+                "--output-stride", "--small-input", "--json"],
+    "convert": ["-o", "--output", "--out", "--from", "--ema"],
+    "pretrained": ["--json"],
+    "predict": ["--weights", "--topk", "--batch-size", "--json", "--backend", "--precision",
+                "--threads", "--calib"],
+    "export": ["--weights", "--format", "-o", "--out", "--input-size", "--dynamic-hw",
+               "--opset", "--exporter", "--atol", "--threads"],
+    "quantize": ["--weights", "--calib", "--method", "-o", "--out", "--calib-images", "--eval",
+                 "--eval-images", "--epochs", "--freeze-bn-after", "--freeze-observers-after",
+                 "--lr", "--threads"],
+    "bench": ["--weights", "--threads", "--rounds", "--runs", "--batch", "--size", "--cpu-ghz",
+              "--quick", "--json", "--markdown"],
+    "deploy-demo": ["--weights", "--out", "--data", "--threads"],
+    "train": ["--recipe", "--config", "--out", "--resume", "--print-config", "--data",
+              "--weights", "--epochs", "--lr", "--batch-size", "--threads", "--width"],
+    "eval": ["--weights", "--data", "--out", "--batch-size", "--num-workers", "--device",
+             "--json", "--backend", "--precision", "--threads", "--calib"],
+}
+# The verbs that compute, each of which takes --threads (0: the library's choice).
+THREADED = {"predict", "eval", "train", "quantize", "bench", "deploy-demo", "export"}
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -55,7 +82,7 @@ def test_user_mistakes_are_one_line(args: list[str], needle: str) -> None:
     assert len(lines) == 1 and needle in lines[0]
 
 
-@pytest.mark.parametrize("verb", ["variants", "profile"])
+@pytest.mark.parametrize("verb", sorted(PROMISED))
 def test_help(verb: str) -> None:
     res = run_cli(verb, "--help")
     assert res.returncode == 0 and "usage" in res.stdout
@@ -64,3 +91,175 @@ def test_help(verb: str) -> None:
 def test_argparse_errors_have_no_traceback() -> None:
     res = run_cli("profile", "--variant", "nope")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "invalid choice" in res.stderr
+
+
+def verb_help(verb: str) -> str:
+    from mobilenetv2.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "verb")
+    return sub.choices[verb].format_help()
+
+
+def test_every_verb_is_registered() -> None:
+    from mobilenetv2.cli import VERBS
+
+    assert set(VERBS) == set(PROMISED)
+
+
+@pytest.mark.parametrize("verb", sorted(PROMISED))
+def test_declared_options_appear_in_help(verb: str) -> None:
+    """Every field of the verb's Args (and of the config dataclasses it takes) is an option
+    in its --help, and the flags the README promises are still there."""
+    import dataclasses
+    import importlib
+
+    from mobilenetv2.cli import VERBS
+
+    args = importlib.import_module(f"mobilenetv2.cli.{VERBS[verb]}").Args
+    text = verb_help(verb)
+    words = set(text.replace(",", " ").replace("[", " ").replace("]", " ").split())
+    for flag in PROMISED[verb]:
+        assert flag in words, f"{verb} --help lacks {flag}"
+    for f in dataclasses.fields(args):
+        decl = f.metadata.get("mobilenetv2.cli")
+        group = getattr(decl, "cls", None)
+        names = [g.name for g in dataclasses.fields(group) if g.name not in decl.exclude] \
+            if group else [f.name]
+        for name in names:
+            if getattr(decl, "positional", False):
+                assert decl.metavar in words, f"{verb} --help lacks {decl.metavar}"
+            elif getattr(decl, "flags", ()):
+                assert all(flag in words for flag in decl.flags), f"{verb}: {decl.flags}"
+            else:
+                assert "--" + name.replace("_", "-") in words, f"{verb} --help lacks {name}"
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "import mobilenetv2, mobilenetv2.cli as c\n"
+        "for argv in [['--help'], *[[v, '--help'] for v in c.VERBS]]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n"
+        "            c.main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code == 0, (argv, e.code)\n"
+        "    assert 'usage: mobilenetv2' in out.getvalue(), argv\n"
+        "heavy = [m for m in ('torch', 'numpy', 'PIL') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["predict", "x.jpg"], "required: --weights"),
+        (["predict", "x.jpg", "--weights", "w", "--threads", "-1"], "--threads: must be an "
+         "integer >= 0, got -1"),
+        (["predict", "x.jpg", "--weights", "w", "--topk", "0"], "--topk"),
+        (["predict", "x.jpg", "--weights", "w", "--backend", "tensorrt"], "invalid choice"),
+        (["eval", "--weights", "w", "--batch-size", "0"], "--batch-size: must be an integer"),
+        (["eval", "--weights", "w", "--batch-size", "two"], "expected an integer, got 'two'"),
+        (["bench", "--rounds", "0"], "--rounds"),
+        (["quantize", "--weights", "w"], "required: --calib"),
+        (["export", "--weights", "w", "-o", "m.onnx", "--atol", "nan"], "--atol"),
+        (["train", "--threads", "-2"], "--threads"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--hflip", "maybe"], "true or false"),
+        (["convert", "a.pth", "-o", "b.safetensors", "--from", "caffe"], "invalid choice"),
+        (["variants", "--bogus"], "unrecognized arguments: --bogus"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], needle: str) -> None:
+    res = run_cli(*args)
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.splitlines()
+    verb = args[0] if args[0] in PROMISED else None
+    prog = f"mobilenetv2 {verb}" if verb else "mobilenetv2"
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"{prog}: error: ") and needle in lines[0]
+    assert lines[0].endswith(f"(see `{prog} --help`)")
+
+
+@pytest.mark.parametrize("verb", sorted(THREADED))
+def test_threads_zero_is_the_library_default_everywhere(verb: str) -> None:
+    from mobilenetv2.cli import build_parser
+    from mobilenetv2.cli.options import args_from_namespace
+
+    required = {"predict": ["x.jpg", "--weights", "w"], "eval": ["--weights", "w"],
+                "quantize": ["--weights", "w", "--calib", "digits"],
+                "deploy-demo": ["--weights", "w"], "export": ["--weights", "w", "-o", "m.onnx"]}
+    parser = build_parser()
+    for threads in ("0", "3"):
+        ns = parser.parse_args([verb, *required.get(verb, []), "--threads", threads])
+        args = args_from_namespace(ns._verb.args, ns)
+        got = args.train["threads"] if verb == "train" else args.threads
+        assert got == int(threads)
+    ns = parser.parse_args([verb, *required.get(verb, [])])
+    args = args_from_namespace(ns._verb.args, ns)
+    assert (args.train.get("threads") if verb == "train" else args.threads) in (0, None)
+
+
+def test_only_computing_verbs_take_threads() -> None:
+    assert {v for v in PROMISED if "--threads" in verb_help(v).split()} == THREADED
+
+
+def test_threads_zero_runs_predict(tmp_path, capsys) -> None:
+    """`--threads 0` used to reach InferenceSession, which refused it; now it means the
+    library's default and the prediction runs."""
+    import numpy as np
+    from PIL import Image
+
+    from mobilenetv2 import create_model, save
+
+    weights = save(create_model("mobilenetv2_035", num_classes=3).eval(),
+                   tmp_path / "w.safetensors", labels=["a", "b", "c"])
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--weights", str(weights),
+                 "--backend", "torch", "--threads", "0", "--topk", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "x.png" in captured.out
+    assert "running on torch fp32 (threads: default" in captured.err
+
+
+def test_declared_choices_match_the_library() -> None:
+    """Choices spelled out in the CLI (their sources import torch, --help must not) are the
+    library's."""
+    from typing import get_args
+
+    from mobilenetv2.cli.convert import SourceFormat
+    from mobilenetv2.cli.options import SHARED
+    from mobilenetv2.cli.profile import VariantName
+    from mobilenetv2.registry import VARIANTS
+    from mobilenetv2.runtime.session import BACKENDS, PRECISIONS
+    from mobilenetv2.train.recipes import RECIPES
+    from mobilenetv2.weights.convert import FORMATS
+
+    assert get_args(VariantName) == tuple(VARIANTS)
+    assert get_args(SourceFormat) == FORMATS
+    assert SHARED["backend"].choices == ("auto", *BACKENDS)
+    assert SHARED["precision"].choices == PRECISIONS
+    assert "--recipe {" + ",".join(RECIPES) + "}" in verb_help("train")
+
+
+def test_package_names_load_lazily() -> None:
+    """`import mobilenetv2` is light; every public name resolves, and `profile` stays the
+    function even after its submodule is imported."""
+    code = (
+        "import sys, types, mobilenetv2\n"
+        "assert 'torch' not in sys.modules\n"
+        "import mobilenetv2.profile\n"
+        "from mobilenetv2 import profile\n"
+        "assert not isinstance(profile, types.ModuleType), profile\n"
+        "assert profile(mobilenetv2.ModelConfig()).params == 3_504_872\n"
+        "for name in mobilenetv2.__all__:\n"
+        "    getattr(mobilenetv2, name)\n"
+        "assert mobilenetv2.__version__\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr

@@ -19,8 +19,9 @@ from mobilenetv2.data.digits import DigitsDataset, digits_arrays
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.errors import UserError
 from mobilenetv2.evaluate import run_eval
-from mobilenetv2.train import make_config, train
 from mobilenetv2.train.checkpoint import find_latest, load_checkpoint
+from mobilenetv2.train.recipes import make_config
+from mobilenetv2.train.run import train
 from mobilenetv2.weights import load_weights
 
 TINY = {"width": 0.35, "resolution": 16, "small_input": True, "dropout": 0.0}

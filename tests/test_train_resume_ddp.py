@@ -77,7 +77,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path) -> None:
 
 DDP_WORKER = """
 import os, sys, torch
-from mobilenetv2.train import make_config, train
+from mobilenetv2.train.recipes import make_config
+from mobilenetv2.train.run import train
 data, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = make_config("digits",
     model={"width": 0.35, "resolution": 16, "small_input": True, "dropout": 0.0},

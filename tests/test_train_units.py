@@ -16,12 +16,12 @@ from mobilenetv2.config import DataConfig, TrainConfig
 from mobilenetv2.data.loaders import ResumableSampler, mix_batch
 from mobilenetv2.errors import UserError
 from mobilenetv2.profile import profile
-from mobilenetv2.train import make_config
 from mobilenetv2.train.amp import CPU_BF16_MIN_MADDS, choose_amp, cpu_has_bf16
 from mobilenetv2.train.checkpoint import resolve_resume
 from mobilenetv2.train.engine import keep_frozen_bn
 from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.optim import RMSpropTF, lr_at, param_groups
+from mobilenetv2.train.recipes import make_config
 
 
 def tf_rmsprop_reference(w0, grads, lrs, rho=0.9, momentum=0.9, eps=1.0, wd=0.0):

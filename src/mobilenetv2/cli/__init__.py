@@ -1,25 +1,27 @@
 """The `mobilenetv2` command: one entry point, one thin module per verb.
 
-Each verb module defines `add_parser(subparsers)` (which registers its options and sets
-`func`) and a `run(args) -> int` that calls library functions. A user mistake raises
-`ValueError`, `FileNotFoundError` or `UserError`; `main` turns it into one clear line on
-stderr and exit status 2, never a traceback.
+Each verb module declares its options as a dataclass `Args` and calls the library in
+`run(args: Args) -> int` (`cli.options` says how a verb declares options, shared ones
+included). Library modules are imported inside `run`, so `mobilenetv2 --help` and
+`mobilenetv2 VERB --help` do not import torch. A usage mistake is one line on stderr and
+exit status 2; so is a user mistake found later (`ValueError`, `FileNotFoundError`,
+`UserError`), never a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from mobilenetv2._version import __version__
+from mobilenetv2.cli.options import Parser, add_verb, args_from_namespace
 from mobilenetv2.errors import UserError
 
 __all__ = ["VERBS", "build_parser", "main"]
 
-# Verb name -> module under mobilenetv2.cli. Later verbs (train, eval, convert, predict,
-# export, quantize, bench) register here.
+# Verb name -> module under mobilenetv2.cli (a module per verb, named after it).
 VERBS: dict[str, str] = {
     "variants": "variants",
     "profile": "profile",
@@ -35,10 +37,8 @@ VERBS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mobilenetv2 import __version__
-
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="mobilenetv2",
         description="MobileNetV2 (Sandler et al., CVPR 2018) done right: build, profile, "
         "convert, train, evaluate, predict, export, quantize, benchmark.",
@@ -46,28 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mobilenetv2 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in VERBS.values():
-        importlib.import_module(f"mobilenetv2.cli.{module}").add_parser(sub)
+    for name, module in VERBS.items():
+        verb = importlib.import_module(f"mobilenetv2.cli.{module}")
+        add_verb(sub, name, verb.Args, verb.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    verb = getattr(ns, "_verb", None)
+    if extra:  # reported by the verb's parser, so the hint names the verb's --help
+        (verb.parser if verb else parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if ns.verbose else logging.INFO,
         format="%(message)s",
     )
-    if not getattr(args, "func", None):
+    if verb is None:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        return int(verb.run(args_from_namespace(verb.args, ns)) or 0)
     except (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"mobilenetv2 {args.verb}: error: {_message(e)}", file=sys.stderr)
+        print(f"mobilenetv2 {verb.name}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mobilenetv2 {args.verb}: interrupted", file=sys.stderr)
+        print(f"mobilenetv2 {verb.name}: interrupted", file=sys.stderr)
         return 130
 
 

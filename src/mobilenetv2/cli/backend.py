@@ -1,41 +1,74 @@
-"""Shared `--backend/--precision/--threads/--calib` options for the verbs that run a model
-(predict, eval, ...), and the `runner` they pass to the library (`runtime.session`)."""
+"""The runtime options of the verbs that run a model (`--backend/--precision/--threads/
+--calib`), and the `InferenceSession` and `runner` they give the library (`runtime.session`).
+
+`--threads` means the same in every verb: intra-op threads, 0 for the library's choice.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+from mobilenetv2.cli.options import add_options, shared
 
-__all__ = ["add_backend_options", "session_from_args", "session_runner"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "RuntimeArgs",
+    "add_backend_options",
+    "apply_threads",
+    "session_from_args",
+    "session_runner",
+    "threads_or_none",
+]
+
+_GROUP = "inference backend"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeArgs:
+    """The runtime options; a verb's `Args` that runs a model inherits them."""
+
+    backend: str = shared("backend", "auto", group=_GROUP)
+    precision: str = shared("precision", "fp32", group=_GROUP)
+    threads: int = shared("threads", 0, group=_GROUP)
+    calib: str | None = shared("calib", None, group=_GROUP,
+                               note="used when --precision int8 starts from float weights")
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("inference backend")
-    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"),
-                   default="auto", help="runtime (default: auto, the fastest installed for "
-                   "the precision)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="arithmetic actually used (default: fp32)")
-    g.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
-    g.add_argument("--calib", metavar="DIR|digits",
-                   help="calibration images when --precision int8 starts from float weights")
+    """Add the runtime options to a parser of one's own."""
+    add_options(p, RuntimeArgs)
 
 
-def session_from_args(model: Any, args: argparse.Namespace):
-    """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the options."""
+def threads_or_none(threads: int | None) -> int | None:
+    """`--threads` for a library call whose default is None: 0 (or None) becomes None."""
+    return threads or None
+
+
+def apply_threads(threads: int) -> None:
+    """`--threads` for a library call that takes none: set PyTorch's intra-op threads for
+    this process (0 leaves PyTorch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def session_from_args(model: Any, args: Any) -> Any:
+    """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the runtime
+    options (a `RuntimeArgs` or an argparse namespace with the same names)."""
     from mobilenetv2.runtime.session import InferenceSession
 
     return InferenceSession(model, backend=args.backend, precision=args.precision,
-                            threads=args.threads, calib=args.calib)
+                            threads=threads_or_none(args.threads), calib=args.calib)
 
 
 def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes)."""
-
-    def run(_model: Any, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session(batch.detach().cpu().float().numpy()))
-
-    return run
+    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes), through
+    the session's own tensor adapter (`InferenceSession.as_module`)."""
+    module = session.as_module()
+    return lambda _model, batch: module(batch)

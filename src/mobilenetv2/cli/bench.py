@@ -1,47 +1,52 @@
-"""`mobilenetv2 bench`: interleaved CPU inference benchmark (see `mobilenetv2.bench`)."""
+"""`mobilenetv2 bench`: the command-line face of the interleaved CPU inference benchmark
+(`mobilenetv2.bench.run_bench`; the scripts under the repository's bench/ are separate)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 
-__all__ = ["add_parser", "run"]
+from mobilenetv2.cli.backend import threads_or_none
+from mobilenetv2.cli.options import option, shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="CPU latency/throughput of every backend and precision vs torchvision eager",
-        description="Batch-1 latency (median, p90) and batch-32 throughput of torchvision "
-        "eager, our paths (fp32/bf16/int8 per backend) and ONNX Runtime / OpenVINO run "
-        "directly on the same model, in interleaved rounds; ratios per round; fraction of "
-        "the estimated fp32 roofline.",
-    )
-    p.add_argument("--weights", metavar="NAME|PATH",
-                   help="weights (default: width 1.0, random weights, BN re-estimated)")
-    p.add_argument("--threads", type=int, help="threads for every runtime (default: all "
-                   "usable cores)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default: 10)")
-    p.add_argument("--runs", type=int, help="batch-1 runs per variant and round (default: 10)")
-    p.add_argument("--batch", type=int, help="throughput batch size (default: 32)")
-    p.add_argument("--size", type=int, help="input side (default: 224)")
-    p.add_argument("--cpu-ghz", type=float, help="clock for the roofline estimate "
-                   "(default: detected)")
-    p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument("--markdown", metavar="FILE", help="also write the markdown table here")
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """CPU latency/throughput of every backend and precision vs torchvision eager
+
+    Batch-1 latency (median, p90) and batch-32 throughput of torchvision eager, our paths
+    (fp32/bf16/int8 per backend) and ONNX Runtime / OpenVINO run directly on the same model,
+    in interleaved rounds; ratios per round; fraction of the estimated fp32 roofline.
+    """
+
+    weights: str | None = shared("weights", None,
+                                 default_help="width 1.0, random weights, BN re-estimated")
+    threads: int = shared("threads", 0, note="every runtime gets this many")
+    rounds: int | None = option(None, minimum=1, metavar="N",
+                                help="interleaved rounds (default: 10)")
+    runs: int | None = option(None, minimum=1, metavar="N",
+                              help="batch-1 runs per variant and round (default: 10)")
+    batch: int | None = option(None, minimum=1, metavar="N",
+                               help="throughput batch size (default: 32)")
+    size: int | None = option(None, minimum=1, metavar="N", help="input side (default: 224)")
+    cpu_ghz: float | None = option(None, minimum=1, metavar="GHZ",
+                                   help="clock for the roofline estimate (default: detected)")
+    quick: bool = option(False, help="seconds-long smoke run")
+    json: bool = shared("json", False)
+    markdown: str | None = option(None, metavar="FILE",
+                                  help="also write the markdown table here")
+
+
+def run(args: Args) -> int:
     from mobilenetv2.bench import BenchConfig, format_markdown, run_bench
 
-    given = {k: getattr(args, k) for k in ("weights", "threads", "rounds", "runs", "batch",
-                                            "size", "cpu_ghz") if getattr(args, k) is not None}
-    for k, v in given.items():
-        if k != "weights" and v < 1:
-            raise ValueError(f"--{k} must be >= 1, got {v}")
+    given = {"weights": args.weights, "threads": threads_or_none(args.threads),
+             "rounds": args.rounds, "runs": args.runs, "batch": args.batch, "size": args.size,
+             "cpu_ghz": args.cpu_ghz}
+    given = {k: v for k, v in given.items() if v is not None}
     cfg = BenchConfig.quick(**given) if args.quick else BenchConfig(**given)
     report = run_bench(cfg, progress=sys.stderr.isatty())
     command = "mobilenetv2 bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""

@@ -2,32 +2,44 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-from mobilenetv2.weights.convert import FORMATS, convert
-from mobilenetv2.weights.format import load_meta
+from mobilenetv2.cli.options import option, shared
 
+__all__ = ["Args", "SourceFormat", "run"]
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert torchvision/timm/Keras/TFLite weights to a self-describing .safetensors",
-        description="Convert a foreign MobileNetV2 weights file to our .safetensors format, "
-        "with config, preprocessing, labels and provenance (source path and sha256) inside. "
-        ".pth/.pt files are read without unpickling code (torch.load weights_only=True).",
-    )
-    p.add_argument("src", metavar="SRC", help=".pth/.pt/.safetensors, .h5, .tflite or .tgz")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
-    p.add_argument("--from", dest="fmt", choices=FORMATS,
-                   help="source format (default: detected from the suffix and key layout)")
-    p.add_argument("--ema", action="store_true",
-                   help="take the EMA weights of a training checkpoint (model_ema / "
-                   "state_dict_ema)")
-    p.set_defaults(func=run)
+# The names of the library's converter formats (`weights.convert.FORMATS`), spelled out here
+# because that module imports torch and `--help` must not; tests/test_cli.py checks that the
+# two agree.
+SourceFormat = Literal["torchvision", "timm", "keras", "tflite"]
 
 
-def run(args: argparse.Namespace) -> int:
-    out = convert(args.src, args.output, args.fmt, use_ema=args.ema)
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """convert torchvision/timm/Keras/TFLite weights to a self-describing .safetensors
+
+    Convert a foreign MobileNetV2 weights file to our .safetensors format, with config,
+    preprocessing, labels and provenance (source path and sha256) inside. .pth/.pt files are
+    read without unpickling code (torch.load weights_only=True).
+    """
+
+    src: str = option(positional=True, metavar="SRC",
+                      help=".pth/.pt/.safetensors, .h5, .tflite or .tgz")
+    out: str = shared("out", note="our .safetensors file", flags=("-o", "--out", "--output"),
+                      metavar="OUT.safetensors")
+    fmt: SourceFormat | None = option(
+        None, flags=("--from",),
+        help="source format (default: detected from the suffix and key layout)")
+    ema: bool = option(False, help="take the EMA weights of a training checkpoint "
+                       "(model_ema / state_dict_ema)")
+
+
+def run(args: Args) -> int:
+    from mobilenetv2.weights.convert import convert
+    from mobilenetv2.weights.format import load_meta
+
+    out = convert(args.src, args.out, args.fmt, use_ema=args.ema)
     meta = load_meta(out)
     cfg, prov = meta.config, meta.provenance
     print(

@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-__all__ = ["add_parser", "run"]
+from mobilenetv2.cli.backend import threads_or_none
+from mobilenetv2.cli.options import shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "deploy-demo",
-        help="export a trained model to ONNX, quantize to int8, compare accuracy and latency",
-        description="The deployment steps of `make demo`: fp32 ONNX (verified against "
-        "PyTorch) and int8 QDQ ONNX, then top-1 and batch-1 latency of both side by side.",
-    )
-    p.add_argument("--weights", required=True, metavar="NAME|PATH")
-    p.add_argument("--out", default=None, help="output folder (default: the weights' folder)")
-    p.add_argument("--data", default="digits", metavar="DIR|digits",
-                   help="calibration and evaluation data (default: digits)")
-    p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """export a trained model to ONNX, quantize to int8, compare accuracy and latency
+
+    The deployment steps of `make demo`: fp32 ONNX (verified against PyTorch) and int8 QDQ
+    ONNX, then top-1 and batch-1 latency of both side by side.
+    """
+
+    weights: str = shared("weights")
+    out: str | None = shared("out", None, note="the output folder", metavar="DIR",
+                             default_help="the weights' folder")
+    data: str = shared("data", "digits", note="calibration and evaluation images")
+    threads: int = shared("threads", 0)
+
+
+def run(args: Args) -> int:
     from pathlib import Path
 
     from mobilenetv2.deploy import deploy_demo, format_rows
 
     out = args.out or (str(Path(args.weights).parent) if Path(args.weights).exists() else ".")
-    rows = deploy_demo(args.weights, out, data=args.data, threads=args.threads)
+    rows = deploy_demo(args.weights, out, data=args.data, threads=threads_or_none(args.threads))
     print(format_rows(rows))
     return 0

@@ -4,38 +4,39 @@ recorded in the weights' metadata."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 
-from mobilenetv2.cli.backend import add_backend_options, session_from_args
+from mobilenetv2.cli.backend import RuntimeArgs, session_from_args
+from mobilenetv2.cli.options import option, shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="accuracy, per-class accuracy and confusion matrix of weights on a dataset",
-        description="Evaluate weights on an ImageFolder directory (class sub-folders; a root "
-        "with train/ and val/ means val/) or 'digits' (the bundled test split), using the "
-        "preprocessing stored with the weights.",
-    )
-    p.add_argument("--weights", required=True, help="weights file or name")
-    p.add_argument("--data", default="digits", help="folder or 'digits' (default: digits)")
-    p.add_argument("--out", default="runs/eval", help="report folder (default: runs/eval)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-workers", type=int, default=-1, help="-1: automatic")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print the JSON report")
-    add_backend_options(p)
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args(RuntimeArgs):
+    """accuracy, per-class accuracy and confusion matrix of weights on a dataset
+
+    Evaluate weights on an ImageFolder directory (class sub-folders; a root with train/ and
+    val/ means val/) or 'digits' (the bundled test split), using the preprocessing stored
+    with the weights.
+    """
+
+    weights: str = shared("weights")
+    data: str = shared("data", "digits")
+    out: str = shared("out", "runs/eval", note="the report folder", metavar="DIR")
+    batch_size: int = shared("batch_size", 128)
+    num_workers: int = option(-1, minimum=-1, metavar="N",
+                              help="data-loading worker processes; -1: automatic")
+    device: str = option("cpu", help="cpu, cuda or cuda:N; the runtime options apply to cpu")
+    json: bool = shared("json", False)
+
+
+def run(args: Args) -> int:
     from mobilenetv2.evaluate import run_eval
     from mobilenetv2.weights import load_weights
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = load_weights(args.weights)
     if str(args.device) == "cpu":
         # the fastest correct CPU backend (issue 5); other devices run the PyTorch model

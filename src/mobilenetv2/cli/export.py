@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["add_parser", "run"]
+from mobilenetv2.cli.backend import apply_threads
+from mobilenetv2.cli.options import option, shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export to ONNX or TorchScript (BN folded, verified numerically)",
-        description="Export weights to ONNX (dynamic batch, Clip for ReLU6, GlobalAveragePool, "
-        "preprocessing and labels in metadata_props) or TorchScript. Every export is run "
-        "on the same inputs as PyTorch and the max abs difference printed; it fails above "
-        "--atol.",
-    )
-    p.add_argument("--weights", required=True, metavar="NAME|PATH", help="weights to export")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("-o", "--out", required=True, help="output file (.onnx or .pt)")
-    p.add_argument("--input-size", type=int, help="example input side (default: the "
-                   "weights' crop size)")
-    p.add_argument("--dynamic-hw", action="store_true",
-                   help="ONNX: also make height and width dynamic")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="torch.onnx exporter (default: torchscript, see docs)")
-    p.add_argument("--atol", type=float, default=1e-4,
-                   help="largest accepted max abs difference (default: 1e-4)")
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """export to ONNX or TorchScript (BN folded, verified numerically)
+
+    Export weights to ONNX (dynamic batch, Clip for ReLU6, GlobalAveragePool, preprocessing
+    and labels in metadata_props) or TorchScript. Every export is run on the same inputs as
+    PyTorch and the max abs difference printed; it fails above --atol.
+    """
+
+    weights: str = shared("weights")
+    format: Literal["onnx", "torchscript"] = option("onnx", help="what to write")
+    out: str = shared("out", note="the .onnx or .pt file", metavar="FILE")
+    input_size: int | None = option(None, minimum=1, metavar="N",
+                                    help="example input side (default: the weights' crop size)")
+    dynamic_hw: bool = option(False, help="ONNX: also make height and width dynamic")
+    opset: int = option(17, minimum=1, help="ONNX opset")
+    exporter: Literal["torchscript", "dynamo"] = option(
+        "torchscript", help="torch.onnx exporter (see docs)")
+    atol: float = option(1e-4, minimum=0, help="largest accepted max abs difference")
+    threads: int = shared("threads", 0)
+
+
+def run(args: Args) -> int:
     from mobilenetv2.export.onnx import export_onnx, export_torchscript
     from mobilenetv2.weights import load_weights
 
+    apply_threads(args.threads)
     model = load_weights(args.weights)
     if args.format == "onnx":
         result = export_onnx(model, args.out, input_size=args.input_size,

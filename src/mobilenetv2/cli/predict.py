@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 
-from mobilenetv2.cli.backend import add_backend_options, session_from_args, session_runner
-from mobilenetv2.predict import predict
-from mobilenetv2.weights import load_weights
+from mobilenetv2.cli.backend import RuntimeArgs, session_from_args, session_runner
+from mobilenetv2.cli.options import option, shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="classify images (files or folders) with pretrained or converted weights",
-        description="Top-k classes of each image, using the preprocessing and labels stored "
-        "with the weights. Unreadable files get one error line each; the rest are still "
-        "classified, and the exit status is 1 if any failed.",
-    )
-    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--weights", required=True, metavar="NAME|PATH",
-                   help="a pretrained name (see `mobilenetv2 pretrained`), one of our "
-                   ".safetensors files, or a foreign file (.pth, .h5, .tflite) to convert")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
-    add_backend_options(p)
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args(RuntimeArgs):
+    """classify images (files or folders) with pretrained or converted weights
+
+    Top-k classes of each image, using the preprocessing and labels stored with the weights.
+    Unreadable files get one error line each; the rest are still classified, and the exit
+    status is 1 if any failed.
+    """
+
+    paths: list[str] = option(positional=True, nargs="+", metavar="IMAGE_OR_DIR",
+                              help="image files or folders")
+    weights: str = shared("weights")
+    topk: int = option(5, minimum=1, metavar="K", help="classes per image")
+    batch_size: int = shared("batch_size", 32)
+    json: bool = shared("json", False)
+
+
+def run(args: Args) -> int:
+    from mobilenetv2.predict import predict
+    from mobilenetv2.weights import load_weights
+
     model = load_weights(args.weights)
     session = session_from_args(model, args)
     if args.backend != "auto" or args.precision != "fp32":

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
-from mobilenetv2.weights.pretrained import cache_dir, list_pretrained
+from mobilenetv2.cli.options import shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "pretrained",
-        help="list the pretrained weights --weights NAME accepts",
-        description="Named weight sets: source, published ImageNet accuracy, preprocessing "
-        "and URL. `--weights NAME` downloads one once into $MOBILENETV2_CACHE.",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """list the pretrained weights --weights NAME accepts
+
+    Named weight sets: source, published ImageNet accuracy, preprocessing and URL.
+    `--weights NAME` downloads one once into $MOBILENETV2_CACHE.
+    """
+
+    json: bool = shared("json", False)
+
+
+def run(args: Args) -> int:
+    from mobilenetv2.weights.pretrained import cache_dir, list_pretrained
+
     entries = list_pretrained()
     if args.json:
         print(json.dumps([

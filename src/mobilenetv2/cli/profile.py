@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from mobilenetv2.cli.options import add_config_options, config_overrides
+from mobilenetv2.cli.options import config_options, option, shared
 from mobilenetv2.config import ModelConfig
-from mobilenetv2.profile import profile
-from mobilenetv2.registry import VARIANTS, resolve_variant
 
-_FIELDS: list[str] = []
+__all__ = ["Args", "VariantName", "run"]
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "profile",
-        help="per-layer params, MAdds, shapes and activation memory",
-        description="Exact arithmetic of a configuration: per-layer parameters, "
-        "multiply-adds, output shapes and activation memory, and the totals.",
-    )
-    p.add_argument("--variant", choices=list(VARIANTS), help="a named variant")
-    _FIELDS[:] = add_config_options(p, ModelConfig, exclude=("dropout",))
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.set_defaults(func=run)
+# The names of `mobilenetv2.registry.VARIANTS`, spelled out here because the registry imports
+# torch and `--help` must not; tests/test_cli.py checks that the two agree.
+VariantName = Literal[
+    "mobilenetv2_035", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100",
+    "mobilenetv2_130", "mobilenetv2_140",
+]
 
 
-def run(args: argparse.Namespace) -> int:
-    overrides = config_overrides(args, _FIELDS)
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """per-layer params, MAdds, shapes and activation memory
+
+    Exact arithmetic of a configuration: per-layer parameters, multiply-adds, output shapes
+    and activation memory, and the totals.
+    """
+
+    variant: VariantName | None = option(None, help="a named variant")
+    model: dict[str, Any] = config_options(ModelConfig, exclude=("dropout",),
+                                           title="model options (ModelConfig)")
+    json: bool = shared("json", False)
+
+
+def run(args: Args) -> int:
+    from mobilenetv2.profile import profile
+    from mobilenetv2.registry import resolve_variant
+
+    overrides = dict(args.model)
     width = overrides.pop("width", None)
     cfg = resolve_variant(args.variant, width, **overrides)
     prof = profile(cfg)

@@ -2,50 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["add_parser", "run"]
+from mobilenetv2.cli.backend import apply_threads
+from mobilenetv2.cli.options import option, shared
 
+__all__ = ["Args", "run"]
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "quantize",
-        help="int8 quantization (PTQ or QAT) to a portable QDQ ONNX model",
-        description="Quantize to int8: per-channel symmetric weights, uint8 activations, "
-        "ReLU6 kept, as a QDQ ONNX model that ONNX Runtime and OpenVINO run. Writes "
-        "OUT.fp32.onnx and OUT.int8.onnx and reports fp32 vs int8 top-1.",
-    )
-    p.add_argument("--weights", required=True, metavar="NAME|PATH")
-    p.add_argument("--calib", required=True, metavar="DIR|digits",
-                   help="calibration images (QAT: labelled training images)")
-    p.add_argument("--method", choices=("ptq", "qat"), default="ptq")
-    p.add_argument("-o", "--out", help="output stem (default: next to the weights, or "
-                   "./model for registry names)")
-    p.add_argument("--calib-images", type=int, default=256,
-                   help="calibration images used (default: 256)")
-    p.add_argument("--eval", dest="evaluate", metavar="DIR|digits",
-                   help="labelled images to measure fp32 and int8 top-1 on "
-                   "(default: digits test split when --calib digits)")
-    p.add_argument("--eval-images", type=int, help="limit the evaluation images")
-    q = p.add_argument_group("QAT")
-    q.add_argument("--epochs", type=int, default=3, help="QAT epochs (default: 3)")
-    q.add_argument("--freeze-bn-after", type=int, default=1,
-                   help="freeze BatchNorm statistics after N epochs (default: 1)")
-    q.add_argument("--freeze-observers-after", type=int, default=2,
-                   help="freeze activation ranges after N epochs (default: 2)")
-    q.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (default: 1e-4)")
-    p.set_defaults(func=run)
+_QAT = "QAT"
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """int8 quantization (PTQ or QAT) to a portable QDQ ONNX model
+
+    Quantize to int8: per-channel symmetric weights, uint8 activations, ReLU6 kept, as a QDQ
+    ONNX model that ONNX Runtime and OpenVINO run. Writes OUT.fp32.onnx and OUT.int8.onnx and
+    reports fp32 vs int8 top-1.
+    """
+
+    weights: str = shared("weights")
+    calib: str = shared("calib", note="for QAT, labelled training images")
+    method: Literal["ptq", "qat"] = option("ptq", help="post-training calibration or QAT")
+    out: str | None = shared("out", None, note="the output stem", metavar="OUT",
+                             default_help="next to the weights, or ./model for registry names")
+    calib_images: int = option(256, minimum=1, metavar="N", help="calibration images used")
+    eval_data: str | None = option(
+        None, flags=("--eval",), metavar="DIR|digits",
+        help="labelled images to measure fp32 and int8 top-1 on (default: digits test split "
+        "when --calib digits)")
+    eval_images: int | None = option(None, minimum=1, metavar="N",
+                                     help="limit the evaluation images")
+    threads: int = shared("threads", 0)
+    epochs: int = option(3, minimum=1, group=_QAT, help="QAT epochs")
+    freeze_bn_after: int = option(1, minimum=0, group=_QAT, metavar="N",
+                                  help="freeze BatchNorm statistics after N epochs")
+    freeze_observers_after: int = option(2, minimum=0, group=_QAT, metavar="N",
+                                         help="freeze activation ranges after N epochs")
+    lr: float = option(1e-4, minimum=0, group=_QAT, help="QAT learning rate")
+
+
+def run(args: Args) -> int:
     from pathlib import Path
 
     from mobilenetv2.quant.ptq import quantize_ptq
     from mobilenetv2.quant.qat import quantize_qat
     from mobilenetv2.weights import load_weights
 
-    if args.calib_images < 1:
-        raise ValueError(f"--calib-images must be >= 1, got {args.calib_images}")
+    apply_threads(args.threads)
     model = load_weights(args.weights)
     out = args.out
     if out is None:
@@ -53,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
         out = str(w.with_suffix("")) if w.exists() else "model"
     if args.method == "ptq":
         result = quantize_ptq(model, out, args.calib, calib_images=args.calib_images,
-                              evaluate=args.evaluate, eval_images=args.eval_images)
+                              evaluate=args.eval_data, eval_images=args.eval_images)
     else:
         result = quantize_qat(model, out, args.calib, epochs=args.epochs,
                               freeze_bn_after=args.freeze_bn_after,
                               freeze_observers_after=args.freeze_observers_after,
                               lr=args.lr, calib_images=args.calib_images,
-                              evaluate=args.evaluate)
+                              evaluate=args.eval_data)
     print(f"float model: {result.float_path} (verified against PyTorch)")
     print(f"int8 model:  {result.int8_path} (QDQ, per-channel weights, {result.method}, "
           f"{result.calibration_images} calibration images)")

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 
-from mobilenetv2.profile import profile
-from mobilenetv2.registry import VARIANTS
+from mobilenetv2.cli.options import shared
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "variants",
-        help="list the named variants with params and MAdds",
-        description="List the named variants (width multipliers of the paper) with their "
-        "parameters and multiply-adds at their nominal resolution.",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
+__all__ = ["Args", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Args:
+    """list the named variants with params and MAdds
+
+    List the named variants (width multipliers of the paper) with their parameters and
+    multiply-adds at their nominal resolution.
+    """
+
+    json: bool = shared("json", False)
+
+
+def run(args: Args) -> int:
+    from mobilenetv2.profile import profile
+    from mobilenetv2.registry import VARIANTS
+
     rows = []
     for name, cfg in VARIANTS.items():
         prof = profile(cfg)

@@ -1,10 +1,8 @@
 """Training: recipes, loops, optimizers, EMA, checkpoints, DDP (paper section 6.1).
 
-`make_config` applies a recipe (`train.recipes`), `train` runs it (`train.run`); the loop is
+`train.recipes.make_config` applies a recipe, `train.run.train` runs it; the loop is
 `train.engine.train_one_epoch`, the evaluation it reports is `mobilenetv2.evaluate`.
+
+Deliberately empty: the CLI reads the recipe names (`train.recipes`) to build `--help`, and
+importing this package must not import torch for that.
 """
-
-from mobilenetv2.train.recipes import make_config
-from mobilenetv2.train.run import TrainResult, train
-
-__all__ = ["TrainResult", "make_config", "train"]
