@@ -14,7 +14,7 @@ from torch import nn
 from mobilenetv2.errors import UserError
 from mobilenetv2.model import MobileNetV2
 from mobilenetv2.weights import load_state_dict_checked
-from mobilenetv2.weights.torchvision import convert_torchvision
+from mobilenetv2.weights.convert.keymap import convert_timm, convert_torchvision
 
 TOL = 1e-5
 
@@ -91,7 +91,6 @@ def test_torchvision_num_classes_and_bad_input() -> None:
                                   "mobilenetv2_100", "mobilenetv2_140"])
 def test_timm_parity(name: str) -> None:
     timm = pytest.importorskip("timm", reason="timm (peers extra) not installed")
-    from mobilenetv2.weights.timm import convert_timm
 
     ref = randomize(timm.create_model(name, pretrained=False))
     conv = convert_timm(ref.state_dict())
@@ -113,8 +112,6 @@ def test_timm_other_widths_follow_the_same_rounding(width: float) -> None:
     pytest.importorskip("timm", reason="timm (peers extra) not installed")
     from timm.models.efficientnet import _gen_mobilenet_v2
 
-    from mobilenetv2.weights.timm import convert_timm
-
     ref = randomize(_gen_mobilenet_v2("mobilenetv2_100", width, pretrained=False))
     ours = ours_from(convert_timm(ref.state_dict()))
     x = torch.randn(1, 3, 64, 64)
@@ -126,7 +123,6 @@ def test_timm_other_widths_follow_the_same_rounding(width: float) -> None:
 
 def test_timm_deeper_variants_refused() -> None:
     timm = pytest.importorskip("timm", reason="timm (peers extra) not installed")
-    from mobilenetv2.weights.timm import convert_timm
 
     sd = timm.create_model("mobilenetv2_110d", pretrained=False).state_dict()
     with pytest.raises(UserError, match=r"blocks per stage \(1, 3, 4, 5, 4, 4, 1\).*110d"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mobilenetv2.weights.convert import FORMATS, convert
-from mobilenetv2.weights.format import load_meta
+from mobilenetv2.weights.format import read_meta
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = convert(args.src, args.output, args.fmt, use_ema=args.ema)
-    meta = load_meta(out)
+    meta = read_meta(out)
     cfg, prov = meta.config, meta.provenance
     print(
         f"wrote {out}: {prov.get('format')} MobileNetV2 width {cfg.width}, "

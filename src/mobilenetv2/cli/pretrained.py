@@ -6,7 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from mobilenetv2.weights.pretrained import cache_dir, list_pretrained
+from mobilenetv2.weights.hub import cache_dir
+from mobilenetv2.weights.pretrained import list_pretrained
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
