@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from mobilenetv2.config import ModelConfig
 from mobilenetv2.errors import UserError
 from mobilenetv2.model import MobileNetV2
+from mobilenetv2.model.arch import resolve
 from mobilenetv2.weights import load_state_dict_checked
 from mobilenetv2.weights.convert.keymap import convert_timm, convert_torchvision
 
@@ -73,6 +75,9 @@ def test_torchvision_num_classes_and_bad_input() -> None:
     ref = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=7)
     conv = convert_torchvision(ref.state_dict())
     assert conv.meta.config.num_classes == 7 and conv.meta.labels is None
+    tf_head = convert_torchvision(torchvision.models.mobilenet_v2(width_mult=0.35,
+                                                                  num_classes=1001).state_dict())
+    assert tf_head.meta.labels[:2] == ["background", "tench"]  # the one ImageNet default
     sd = dict(ref.state_dict())
     sd["features.5.conv.1.0.weight"] = sd["features.5.conv.1.0.weight"][:, :, :2]
     with pytest.raises(UserError, match=r"fit no MobileNetV2 width|shape mismatch"):
@@ -141,3 +146,21 @@ def test_torchvision_file_without_num_batches_tracked(tmp_path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert max_diff(ref(x), ours(x)) <= TOL
+
+
+def test_width_search_order() -> None:
+    """Several widths resolve to the same network; the one search reports the published width
+    first, then a preferred one (a file name's alpha), then the grid width nearest the one the
+    last stage's channels suggest (not the smallest equivalent)."""
+    from mobilenetv2.weights.convert.fit import fit_width
+
+    base = ModelConfig()
+
+    def same_as(width: float):
+        want = resolve(base.replace(width=width))
+        return lambda arch: arch == want
+
+    assert fit_width(base, same_as(0.995), 320).width == 1.0  # 0.995 resolves as 1.0 does
+    assert fit_width(base, same_as(1.0), 320, prefer=(0.995,)).width == 0.995
+    assert fit_width(base, same_as(0.6), 192).width == 0.6  # 0.595 and 0.605 are the same net
+    assert fit_width(base, lambda arch: False, 320) is None

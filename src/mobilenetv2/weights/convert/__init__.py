@@ -10,7 +10,7 @@ it is for (`load_state_dict_checked`); `convert` writes the result as one of our
 
 One module per source: `read` (safe PyTorch reading), `keymap` (torchvision and timm key
 layouts as data), `keras`, `tflite/`; `fit` is the width search they share. A new format adds
-one module here and one entry in `FORMATS`.
+one module here, its name in `FORMATS` and its branch in `convert_file`.
 """
 
 from __future__ import annotations

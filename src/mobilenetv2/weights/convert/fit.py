@@ -19,7 +19,7 @@ from mobilenetv2.config import ModelConfig
 from mobilenetv2.model.arch import STAGES, ArchSpec, resolve
 from mobilenetv2.registry import VARIANTS
 
-__all__ = ["STANDARD_WIDTHS", "candidate_widths", "fit_width", "nearest_width"]
+__all__ = ["STANDARD_WIDTHS", "fit_width", "nearest_width"]
 
 # The published widths: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.
 STANDARD_WIDTHS: tuple[float, ...] = tuple(cfg.width for cfg in VARIANTS.values())
@@ -31,7 +31,7 @@ def nearest_width(last_channels: int | None) -> float:
     return (round(last_channels / STAGES[-1].c, 2) or 1.0) if last_channels else 1.0
 
 
-def candidate_widths(last_channels: int | None, prefer: Sequence[float] = ()) -> Iterator[float]:
+def _candidates(last_channels: int | None, prefer: Sequence[float] = ()) -> Iterator[float]:
     """`prefer`, the published widths, then the grid nearest first to the suggested width."""
     guess = last_channels / STAGES[-1].c if last_channels else 1.0
     yield from prefer
@@ -54,7 +54,7 @@ def fit_width(
         last_channels: Output channels of the file's last block (orders the grid search).
         prefer: Widths to try before the published ones (e.g. one a file name states).
     """
-    for width in candidate_widths(last_channels, prefer):
+    for width in _candidates(last_channels, prefer):
         for finegrain in (True, False):
             cfg = base.replace(width=width, finegrain_classification_mode=finegrain)
             if fits(resolve(cfg)):

@@ -45,7 +45,7 @@ from mobilenetv2.weights.convert.tflite.match import (
     check_layers,
     match_network,
 )
-from mobilenetv2.weights.convert.tflite.reader import TensorInfo, parse_tflite
+from mobilenetv2.weights.convert.tflite.reader import TensorInfo, read_tflite_graph
 from mobilenetv2.weights.format import Converted, WeightsMeta, source_provenance
 from mobilenetv2.weights.imagenet import imagenet_labels
 
@@ -189,7 +189,7 @@ def convert_tflite(
     if not p.is_file():
         raise UserError(f"{p}: no such file")
     source = str(p)
-    graph = parse_tflite(p.read_bytes(), source)
+    graph = read_tflite_graph(p)
     net = match_network(graph, source)
     inp = graph.tensors[graph.inputs[0]]
     if len(inp.shape) != 4 or inp.shape[3] != 3:

@@ -19,8 +19,7 @@ import numpy as np
 
 from mobilenetv2.errors import UserError
 
-__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "dequantize", "parse_tflite",
-           "read_tflite_graph"]
+__all__ = ["OpInfo", "TFLiteGraph", "TensorInfo", "dequantize", "read_tflite_graph"]
 
 # tflite.TensorType -> numpy dtype, for the types a MobileNetV2 file may hold.
 _DTYPES = {
@@ -82,11 +81,10 @@ def read_tflite_graph(path: str | os.PathLike) -> TFLiteGraph:
         UserError: not a TFLite flatbuffer, corrupt, or several subgraphs.
     """
     p = Path(path)
-    return parse_tflite(p.read_bytes(), str(p))
+    return _parse(p.read_bytes(), str(p))
 
 
-def parse_tflite(data: bytes, source: str) -> TFLiteGraph:
-    """`read_tflite_graph` for the bytes of a file; `source` names it in errors."""
+def _parse(data: bytes, source: str) -> TFLiteGraph:
     try:
         import tflite
         from tflite.utils import BUILTIN_OPCODE2NAME
