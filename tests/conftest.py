@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Test support code (tests/support/) is imported as `support.*` under any --import-mode.
+sys.path.insert(0, str(ROOT / "tests"))
 # Official TFLite models and real photos (see ../shared/fixtures/tflite/README.md); never
 # copied into the project. Tests that need them skip with a reason where they are absent.
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "tflite"

@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from mobilenetv2.config import ModelConfig
 from mobilenetv2.errors import UserError
 from mobilenetv2.model import MobileNetV2
+from mobilenetv2.model.arch import resolve
 from mobilenetv2.weights import load_state_dict_checked
-from mobilenetv2.weights.torchvision import convert_torchvision
+from mobilenetv2.weights.convert.keymap import convert_timm, convert_torchvision
 
 TOL = 1e-5
 
@@ -73,6 +75,9 @@ def test_torchvision_num_classes_and_bad_input() -> None:
     ref = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=7)
     conv = convert_torchvision(ref.state_dict())
     assert conv.meta.config.num_classes == 7 and conv.meta.labels is None
+    tf_head = convert_torchvision(torchvision.models.mobilenet_v2(width_mult=0.35,
+                                                                  num_classes=1001).state_dict())
+    assert tf_head.meta.labels[:2] == ["background", "tench"]  # the one ImageNet default
     sd = dict(ref.state_dict())
     sd["features.5.conv.1.0.weight"] = sd["features.5.conv.1.0.weight"][:, :, :2]
     with pytest.raises(UserError, match=r"fit no MobileNetV2 width|shape mismatch"):
@@ -91,7 +96,6 @@ def test_torchvision_num_classes_and_bad_input() -> None:
                                   "mobilenetv2_100", "mobilenetv2_140"])
 def test_timm_parity(name: str) -> None:
     timm = pytest.importorskip("timm", reason="timm (peers extra) not installed")
-    from mobilenetv2.weights.timm import convert_timm
 
     ref = randomize(timm.create_model(name, pretrained=False))
     conv = convert_timm(ref.state_dict())
@@ -113,8 +117,6 @@ def test_timm_other_widths_follow_the_same_rounding(width: float) -> None:
     pytest.importorskip("timm", reason="timm (peers extra) not installed")
     from timm.models.efficientnet import _gen_mobilenet_v2
 
-    from mobilenetv2.weights.timm import convert_timm
-
     ref = randomize(_gen_mobilenet_v2("mobilenetv2_100", width, pretrained=False))
     ours = ours_from(convert_timm(ref.state_dict()))
     x = torch.randn(1, 3, 64, 64)
@@ -126,7 +128,6 @@ def test_timm_other_widths_follow_the_same_rounding(width: float) -> None:
 
 def test_timm_deeper_variants_refused() -> None:
     timm = pytest.importorskip("timm", reason="timm (peers extra) not installed")
-    from mobilenetv2.weights.timm import convert_timm
 
     sd = timm.create_model("mobilenetv2_110d", pretrained=False).state_dict()
     with pytest.raises(UserError, match=r"blocks per stage \(1, 3, 4, 5, 4, 4, 1\).*110d"):
@@ -145,3 +146,21 @@ def test_torchvision_file_without_num_batches_tracked(tmp_path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert max_diff(ref(x), ours(x)) <= TOL
+
+
+def test_width_search_order() -> None:
+    """Several widths resolve to the same network; the one search reports the published width
+    first, then a preferred one (a file name's alpha), then the grid width nearest the one the
+    last stage's channels suggest (not the smallest equivalent)."""
+    from mobilenetv2.weights.convert.fit import fit_width
+
+    base = ModelConfig()
+
+    def same_as(width: float):
+        want = resolve(base.replace(width=width))
+        return lambda arch: arch == want
+
+    assert fit_width(base, same_as(0.995), 320).width == 1.0  # 0.995 resolves as 1.0 does
+    assert fit_width(base, same_as(1.0), 320, prefer=(0.995,)).width == 0.995
+    assert fit_width(base, same_as(0.6), 192).width == 0.6  # 0.595 and 0.605 are the same net
+    assert fit_width(base, lambda arch: False, 320) is None

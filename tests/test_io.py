@@ -11,7 +11,7 @@ from mobilenetv2 import create_model
 from mobilenetv2.data import ImageError, eval_transform, open_rgb
 from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
-from mobilenetv2.weights import load, load_meta, load_state_dict_checked, save
+from mobilenetv2.weights import load, load_state_dict_checked, read_meta, save
 
 
 def test_roundtrip_rebuilds_model_from_file(tmp_path) -> None:
@@ -22,7 +22,7 @@ def test_roundtrip_rebuilds_model_from_file(tmp_path) -> None:
     loaded = load(path).eval()
     x = torch.randn(1, 3, 96, 96)
     torch.testing.assert_close(loaded(x), model(x))
-    meta = load_meta(path)
+    meta = read_meta(path)
     assert meta.config == model.config and meta.preprocessing == pre
     assert meta.labels == ["a", "b", "c"] and meta.accuracy == {"top1": 50.0}
     assert not list(tmp_path.glob("*.tmp"))
@@ -39,6 +39,16 @@ def test_mismatch_names_keys_shapes_width(tmp_path) -> None:
     sd["module.extra"] = torch.zeros(1)
     with pytest.raises(UserError, match=r"missing key.*classifier.bias.*unexpected key.*extra"):
         load_state_dict_checked(model, sd)
+
+
+def test_old_sha256_provenance_key_reads_as_source_sha256(tmp_path) -> None:
+    """Files written before the key was settled say `sha256`; they load with one key."""
+    model = create_model("mobilenetv2_035", num_classes=3)
+    path = save(model, tmp_path / "old.safetensors", provenance={"format": "keras",
+                                                                 "sha256": "ab" * 32})
+    provenance = read_meta(path).provenance
+    assert provenance == {"format": "keras", "source_sha256": "ab" * 32}
+    assert load(path).meta.provenance == provenance
 
 
 def test_labels_must_match_classes(tmp_path) -> None:
@@ -126,7 +136,7 @@ class _Evil:
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path) -> None:
-    from mobilenetv2.weights.format import read_state_dict
+    from mobilenetv2.weights.convert.read import read_foreign_state_dict
 
     target = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pth"
@@ -134,7 +144,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path) -> None:
     assert not target.exists()
     with pytest.raises(UserError, match=r"evil.pth: refused: loading it would execute code"
                                         r".*open"):
-        read_state_dict(path)
+        read_foreign_state_dict(path)
     assert not target.exists()
     # The same through the one entry point every --weights goes through.
     from mobilenetv2.weights import load_weights
@@ -144,30 +154,30 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path) -> None:
     assert not target.exists()
 
 
-def test_read_state_dict_unwraps_training_checkpoints(tmp_path) -> None:
-    from mobilenetv2.weights.format import read_state_dict
+def test_read_foreign_state_dict_unwraps_training_checkpoints(tmp_path) -> None:
+    from mobilenetv2.weights.convert.read import read_foreign_state_dict
 
     sd = {"module.a.weight": torch.ones(2), "b": torch.zeros(1)}
     ema = {"module.a.weight": torch.full((2,), 3.0), "module.b": torch.zeros(1),
            "n_averaged": torch.tensor(5)}
     for key in ("state_dict", "model"):
         torch.save({key: sd, "epoch": 3, "model_ema": ema}, tmp_path / f"{key}.pth")
-        state, nested = read_state_dict(tmp_path / f"{key}.pth")
+        state, nested = read_foreign_state_dict(tmp_path / f"{key}.pth")
         assert nested == key and set(state) == {"a.weight", "b"}
         assert torch.equal(state["a.weight"], torch.ones(2))
-        state, nested = read_state_dict(tmp_path / f"{key}.pth", use_ema=True)
+        state, nested = read_foreign_state_dict(tmp_path / f"{key}.pth", use_ema=True)
         assert nested == "model_ema" and torch.equal(state["a.weight"], torch.full((2,), 3.0))
         assert "n_averaged" not in state
     torch.save({"model_ema": ema, "epoch": 1}, tmp_path / "ema_only.pth")
-    state, nested = read_state_dict(tmp_path / "ema_only.pth")
+    state, nested = read_foreign_state_dict(tmp_path / "ema_only.pth")
     assert nested == "model_ema" and torch.equal(state["a.weight"], torch.full((2,), 3.0))
     torch.save(sd, tmp_path / "plain.pt")
-    assert read_state_dict(tmp_path / "plain.pt")[1] is None
+    assert read_foreign_state_dict(tmp_path / "plain.pt")[1] is None
     with pytest.raises(UserError, match="no EMA weights"):
-        read_state_dict(tmp_path / "plain.pt", use_ema=True)
+        read_foreign_state_dict(tmp_path / "plain.pt", use_ema=True)
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(UserError, match="not a state dict"):
-        read_state_dict(tmp_path / "list.pt")
+        read_foreign_state_dict(tmp_path / "list.pt")
     (tmp_path / "junk.pth").write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
-        read_state_dict(tmp_path / "junk.pth")
+        read_foreign_state_dict(tmp_path / "junk.pth")

@@ -4,106 +4,34 @@ official legacy `.h5` weight-file layout. Run with `-s` to see the measured diff
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
-
-os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported anywhere
 
 import numpy as np
 import pytest
 import torch
 
+from mobilenetv2.config import ModelConfig
 from mobilenetv2.errors import UserError
-from mobilenetv2.model import MobileNetV2, MobileNetV2Backbone
-from mobilenetv2.model.arch import make_divisible, resolve
-from mobilenetv2.weights.keras import KERAS_ALPHAS, convert_keras
-
-keras = pytest.importorskip("keras", reason="Keras parity tests need keras (peers extra)")
-if keras.backend.backend() != "torch":  # pragma: no cover - set before this module ran
-    pytest.skip("Keras was imported with another backend; run with KERAS_BACKEND=torch",
-                allow_module_level=True)
+from mobilenetv2.model.arch import resolve
+from mobilenetv2.weights.convert.keras import convert_keras
+from support.keras_models import (
+    ROWS,
+    inputs,
+    keras,
+    keras_model,
+    keras_out,
+    our_model,
+    our_out,
+    write_legacy_h5,
+)
 
 # Keras' torch backend converts tensors with np.array(x) and numpy 2 warns about it.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
-ROWS = 96
 TOL = 1e-4
-
-
-def _keras_model(alpha: float, include_top: bool = True, seed: int = 0, rows: int = ROWS):
-    """A Keras MobileNetV2 with random weights and random BN statistics, logits output."""
-    keras.utils.set_random_seed(seed)
-    model = keras.applications.MobileNetV2(
-        input_shape=(rows, rows, 3),
-        alpha=alpha,
-        weights=None,
-        include_top=include_top,
-        classifier_activation=None,
-    )
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.weights[0].shape[0]
-            # Non-trivial statistics, so a wrong eps/mean/var mapping changes the output.
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
-                rng.normal(0, 0.2, c), rng.uniform(0.3, 2.0, c),
-            ])
-        elif isinstance(layer, keras.layers.Dense):
-            k, b = layer.get_weights()
-            layer.set_weights([rng.normal(0, 0.2, k.shape), rng.normal(0, 1.0, b.shape)])
-    return model
-
-
-def _inputs(seed: int = 1, rows: int = ROWS) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1, 1, (2, rows, rows, 3)).astype(np.float32)
-
-
-def _keras_out(model, x: np.ndarray) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(x, training=False))
-
-
-def _ours(converted, backbone: bool = False) -> torch.nn.Module:
-    cls = MobileNetV2Backbone if backbone else MobileNetV2
-    model = cls(converted.meta.config)
-    model.load_state_dict(converted.state_dict)
-    return model.eval()
-
-
-def _our_out(model, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        y = model(torch.from_numpy(x).permute(0, 3, 1, 2))
-    return y.permute(0, 2, 3, 1).numpy() if y.dim() == 4 else y.numpy()
-
-
-def write_legacy_h5(model, path: Path) -> None:
-    """The official files' layout (Keras 2 `save_weights` to .h5, keras-applications era):
-    root attributes `layer_names` (every layer), `backend`, `keras_version`; one group per
-    layer with attribute `weight_names` (`Conv1/kernel:0` ...) and the datasets at
-    `{layer}/{layer}/{weight}:0`. tf.keras named depthwise kernels `depthwise_kernel` and
-    keras-applications named the classifier `Logits`; both are reproduced here."""
-    import h5py
-
-    def legacy_name(layer) -> str:
-        return "Logits" if isinstance(layer, keras.layers.Dense) else layer.name
-
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = [legacy_name(layer).encode() for layer in model.layers]
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = b"2.2.4"
-        for layer in model.layers:
-            name = legacy_name(layer)
-            g = f.create_group(name)
-            names = []
-            for w in layer.weights:
-                short = w.path.rsplit("/", 1)[-1]
-                if isinstance(layer, keras.layers.DepthwiseConv2D) and short == "kernel":
-                    short = "depthwise_kernel"
-                wname = f"{name}/{short}:0"
-                g.create_dataset(wname, data=keras.ops.convert_to_numpy(w))
-                names.append(wname.encode())
-            g.attrs["weight_names"] = names
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # every alpha Keras Applications publishes weights for
 
 
 def _report(what: str, ref: np.ndarray, ours: np.ndarray, noun: str = "logit") -> float:
@@ -112,15 +40,15 @@ def _report(what: str, ref: np.ndarray, ours: np.ndarray, noun: str = "logit") -
     return diff
 
 
-@pytest.mark.parametrize("alpha", KERAS_ALPHAS)
+@pytest.mark.parametrize("alpha", ALPHAS)
 def test_live_model_parity(alpha: float) -> None:
-    model = _keras_model(alpha)
+    model = keras_model(alpha)
     converted = convert_keras(model)
     cfg = converted.meta.config
     assert cfg.width == alpha and cfg.resolution == ROWS and cfg.num_classes == 1000
     assert (cfg.padding, cfg.bn_eps, cfg.bn_momentum) == ("tf_same", 1e-3, 1e-3)
-    x = _inputs()
-    ref, ours = _keras_out(model, x), _our_out(_ours(converted), x)
+    x = inputs()
+    ref, ours = keras_out(model, x), our_out(our_model(converted), x)
     assert _report(f"keras live alpha={alpha}", ref, ours) <= TOL
     assert len(converted.meta.labels) == 1000 and converted.meta.labels[0] == "tench"
     pre = converted.meta.preprocessing
@@ -130,17 +58,17 @@ def test_live_model_parity(alpha: float) -> None:
 def test_odd_resolution_parity() -> None:
     """99 px: feature maps 50, 25, 13, 7 are odd at some stride-2 layers, where TF SAME pads
     (1, 1) instead of (0, 1); Keras' correct_pad and our tf_same agree there too."""
-    model = _keras_model(0.35, seed=4, rows=99)
+    model = keras_model(0.35, seed=4, rows=99)
     converted = convert_keras(model)
     assert converted.meta.config.resolution == 99
-    x = _inputs(rows=99)
-    ref, ours = _keras_out(model, x), _our_out(_ours(converted), x)
+    x = inputs(rows=99)
+    ref, ours = keras_out(model, x), our_out(our_model(converted), x)
     assert _report("keras live alpha=0.35 at 99x99", ref, ours) <= TOL
 
 
 @pytest.mark.parametrize("alpha", (0.35, 1.0, 1.4))
 def test_legacy_h5_parity(alpha: float, tmp_path: Path) -> None:
-    model = _keras_model(alpha, seed=2)
+    model = keras_model(alpha, seed=2)
     path = tmp_path / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{ROWS}.h5"
     write_legacy_h5(model, path)
     # Keras itself reads the file we wrote (its legacy HDF5 loader): the layout is real.
@@ -148,30 +76,51 @@ def test_legacy_h5_parity(alpha: float, tmp_path: Path) -> None:
         input_shape=(ROWS, ROWS, 3), alpha=alpha, weights=None, classifier_activation=None
     )
     fresh.load_weights(str(path))
-    x = _inputs()
-    ref = _keras_out(model, x)
-    np.testing.assert_array_equal(_keras_out(fresh, x), ref)
+    x = inputs()
+    ref = keras_out(model, x)
+    np.testing.assert_array_equal(keras_out(fresh, x), ref)
     converted = convert_keras(path)
     assert converted.meta.config.width == alpha and converted.meta.config.resolution == ROWS
-    assert converted.meta.provenance["file"] == path.name
-    assert len(converted.meta.provenance["sha256"]) == 64
-    assert _report(f"keras legacy .h5 alpha={alpha}", ref, _our_out(_ours(converted), x)) <= TOL
+    provenance = converted.meta.provenance
+    assert provenance["file"] == path.name and provenance["format"] == "keras"
+    assert provenance["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _report(f"keras legacy .h5 alpha={alpha}", ref, our_out(our_model(converted), x)) <= TOL
 
 
-@pytest.mark.parametrize("alpha", KERAS_ALPHAS)
-def test_keras_channel_rounding_matches_resolve(alpha: float) -> None:
-    """Keras: stem `_make_divisible(32 * alpha)`, stages `_make_divisible(int(c * alpha))`,
-    last conv 1280 unless alpha > 1. Same channels as our resolve() for every official alpha."""
-    from mobilenetv2.config import ModelConfig
-    from mobilenetv2.model.arch import HEAD_CHANNELS, STAGES, STEM_CHANNELS
+# Keras Applications' MobileNetV2 channels per alpha (`mobilenet_v2.py`: stem
+# `_make_divisible(32 * alpha)`, block outputs `_make_divisible(int(c * alpha))`, last conv 1280
+# unless alpha > 1), as published with its weight files: stem, the output channels of the
+# seven stages (paper Table 2), last conv.
+KERAS_CHANNELS = {
+    0.35: (16, (8, 8, 16, 24, 32, 56, 112), 1280),
+    0.5: (16, (8, 16, 16, 32, 48, 80, 160), 1280),
+    0.75: (24, (16, 24, 24, 48, 72, 120, 240), 1280),
+    1.0: (32, (16, 24, 32, 64, 96, 160, 320), 1280),
+    1.3: (40, (24, 32, 40, 80, 128, 208, 416), 1664),
+    1.4: (48, (24, 32, 48, 88, 136, 224, 448), 1792),
+}
 
+
+REPEATS = (1, 2, 3, 4, 3, 3, 1)  # blocks per stage, paper Table 2
+
+
+def _per_block(stages: tuple[int, ...]) -> list[int]:
+    return [c for c, n in zip(stages, REPEATS) for _ in range(n)]
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_keras_channels_match_resolve(alpha: float) -> None:
+    """Keras rounds int(filters * alpha), we round filters * alpha: for every published alpha
+    both give the published channels (read off the real Keras model, and our resolve())."""
+    stem, stages, head = KERAS_CHANNELS[alpha]
     arch = resolve(ModelConfig(width=alpha))
-    assert arch.stem_channels == make_divisible(STEM_CHANNELS * alpha, 8)
-    outs = [b.out_channels for b in arch.blocks]
-    keras_outs = [make_divisible(int(st.c * alpha), 8) for st in STAGES for _ in range(st.n)]
-    assert outs == keras_outs
-    head = make_divisible(HEAD_CHANNELS * alpha, 8) if alpha > 1.0 else HEAD_CHANNELS
-    assert arch.head_channels == head
+    assert (arch.stem_channels, arch.head_channels) == (stem, head)
+    assert [b.out_channels for b in arch.blocks] == _per_block(stages)
+    model = keras.applications.MobileNetV2(input_shape=(ROWS, ROWS, 3), alpha=alpha,
+                                           weights=None)
+    convs = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D]
+    assert (convs[0].filters, convs[-1].filters) == (stem, head)
+    assert [c.filters for c in convs if c.name.endswith("project")] == _per_block(stages)
 
 
 def test_keras_only_width_is_refused_loudly() -> None:
@@ -185,13 +134,13 @@ def test_keras_only_width_is_refused_loudly() -> None:
 
 
 def test_include_top_false(tmp_path: Path) -> None:
-    model = _keras_model(0.5, include_top=False, seed=3)
+    model = keras_model(0.5, include_top=False, seed=3)
     with pytest.raises(UserError, match="no classifier .* backbone_only=True"):
         convert_keras(model)
     converted = convert_keras(model, backbone_only=True)
     assert not any(k.startswith("classifier") for k in converted.state_dict)
-    x = _inputs()
-    ref, ours = _keras_out(model, x), _our_out(_ours(converted, backbone=True), x)
+    x = inputs()
+    ref, ours = keras_out(model, x), our_out(our_model(converted, backbone=True), x)
     assert ref.shape == ours.shape
     assert _report("keras include_top=False", ref, ours, "feature") <= TOL
     # The same from the _no_top.h5 layout.
@@ -211,7 +160,7 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="corrupt"):
         convert_keras(junk)
     # Keras 3's own format is not the legacy layout: say what to do instead.
-    model = _keras_model(0.35)
+    model = keras_model(0.35)
     new = tmp_path / "model.weights.h5"
     model.save_weights(str(new))
     with pytest.raises(UserError, match="layer_names"):

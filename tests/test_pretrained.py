@@ -1,10 +1,12 @@
-"""Pretrained registry and download cache, against a local HTTP server on 127.0.0.1 only."""
+"""Pretrained registry, download cache and the `pretrained` verb, against a local HTTP server
+on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.weights import load_weights
+from mobilenetv2.weights import hub, load_weights
 from mobilenetv2.weights import pretrained as pt
 from mobilenetv2.weights.convert import FORMATS, extract_member
 
@@ -109,9 +111,9 @@ def test_download_once_verify_convert(server, cache, monkeypatch) -> None:
 def test_full_sha256_and_missing_hash(server, cache, monkeypatch) -> None:
     root, base = server
     path, digest = _torchvision_file(root)
-    got = pt.download(f"{base}/{path.name}", cache / "a.pth", digest, progress=False)
+    got = hub.download(f"{base}/{path.name}", cache / "a.pth", digest, progress=False)
     assert got.read_bytes() == path.read_bytes()
-    got = pt.download(f"{base}/{path.name}", cache / "b.pth", None, progress=False)
+    got = hub.download(f"{base}/{path.name}", cache / "b.pth", None, progress=False)
     assert got.is_file()
 
 
@@ -146,7 +148,7 @@ def test_cached_file_failing_hash_is_replaced(server, cache) -> None:
     dest = cache / "downloads" / path.name
     dest.parent.mkdir(parents=True)
     dest.write_bytes(b"garbage")
-    pt.download(f"{base}/{path.name}", dest, digest, progress=False)
+    hub.download(f"{base}/{path.name}", dest, digest, progress=False)
     assert dest.read_bytes() == path.read_bytes()
 
 
@@ -183,6 +185,14 @@ def test_registry_entries_are_complete() -> None:
             assert e.filename == f"{stem}_{float(w)}_{r}.h5"
             assert e.preprocessing.crop == r and e.preprocessing.mean == (0.5,) * 3
     assert len([e for e in pt.PRETRAINED.values() if e.format == "keras"]) == 22
+
+
+def test_cli_pretrained_lists_registry(capsys) -> None:
+    from mobilenetv2.cli import main
+
+    assert main(["pretrained", "--json"]) == 0
+    names = [e["name"] for e in json.loads(capsys.readouterr().out)]
+    assert "torchvision_imagenet1k_v2" in names and "tflite_1.0_224_quant" in names
 
 
 def test_torchvision_v2_categories_match_labels() -> None:

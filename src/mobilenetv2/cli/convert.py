@@ -37,10 +37,10 @@ class Args:
 
 def run(args: Args) -> int:
     from mobilenetv2.weights.convert import convert
-    from mobilenetv2.weights.format import load_meta
+    from mobilenetv2.weights.format import read_meta
 
     out = convert(args.src, args.out, args.fmt, use_ema=args.ema)
-    meta = load_meta(out)
+    meta = read_meta(out)
     cfg, prov = meta.config, meta.provenance
     print(
         f"wrote {out}: {prov.get('format')} MobileNetV2 width {cfg.width}, "

@@ -22,7 +22,8 @@ class Args:
 
 
 def run(args: Args) -> int:
-    from mobilenetv2.weights.pretrained import cache_dir, list_pretrained
+    from mobilenetv2.weights.hub import cache_dir
+    from mobilenetv2.weights.pretrained import list_pretrained
 
     entries = list_pretrained()
     if args.json:

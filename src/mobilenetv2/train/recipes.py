@@ -122,9 +122,9 @@ def make_config(
     base = dict(preset.model)
     if weights and Path(weights).is_file():
         # Fine-tuning starts from the architecture (and resolution) the weights were made for.
-        from mobilenetv2.weights.format import load_meta
+        from mobilenetv2.weights.format import read_meta
 
-        base = {**load_meta(weights).config.to_dict(), "dropout": base.get("dropout", 0.2)}
+        base = {**read_meta(weights).config.to_dict(), "dropout": base.get("dropout", 0.2)}
         del base["num_classes"]  # the new head gets the data's classes
     m = {**base, **doc.get("model", {}), **model}
     d = {**preset.data, **doc.get("data", {}), **data}

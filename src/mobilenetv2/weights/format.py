@@ -1,21 +1,21 @@
 """Our checkpoint format: safetensors with the model config, preprocessing, labels and
 provenance in the file's metadata, so `load` rebuilds the model from the file alone and never
-unpickles anything.
+unpickles anything. `read_meta` reads the metadata without the tensors; `save` writes a model,
+`save_state_dict` converted tensors with their metadata; `load_state_dict_checked` is the one
+check that a state dict fits a model, with a report of what does not.
 
-Foreign PyTorch files (`.pth`, `.pt`) are read by `read_state_dict` with
-`torch.load(weights_only=True)` only: a pickle that would need code execution (any global
-outside PyTorch's tensor allowlist) is refused, never run. Training checkpoints that nest the
-weights under `state_dict`, `model` or `model_ema` are unwrapped.
+Provenance records where weights came from; a file's hash is always under `source_sha256`
+(`source_provenance`). Files written before that name was settled carry `sha256` and are read
+as if they said `source_sha256`.
+
+Foreign files are read in `mobilenetv2.weights.convert`, never here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import pickle
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,30 +28,27 @@ from torch import nn
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
+from mobilenetv2.weights._common import existing_file, few, strip_prefixes
 
 __all__ = [
+    "FORMAT",
     "Converted",
     "WeightsMeta",
+    "is_our_checkpoint",
     "load",
-    "load_meta",
     "load_state_dict_checked",
     "meta_or_default",
-    "read_state_dict",
+    "read_meta",
     "save",
+    "save_state_dict",
     "sha256_file",
+    "source_provenance",
 ]
 
-log = logging.getLogger(__name__)
-
-# Where training scripts nest the weights: torchvision's reference scripts save
-# {"model", "model_ema", ...}, timm's {"state_dict", "state_dict_ema", ...}, Lightning
-# {"state_dict"}. The plain weights come first (timm's `load_checkpoint` default); EMA when
-# asked for or when it is the only copy; the key used is logged and kept in the provenance.
-NESTED_KEYS = ("state_dict", "model")
-NESTED_EMA_KEYS = ("model_ema", "state_dict_ema")
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
 FORMAT = "mobilenetv2/1"
+# The provenance key of the source file's hash, and the one files written before it used.
+SHA256_KEY = "source_sha256"
+_OLD_SHA256_KEY = "sha256"
 
 
 @dataclass
@@ -85,11 +82,14 @@ class WeightsMeta:
                 f"'{FORMAT}' metadata); convert it first: mobilenetv2 convert {source} -o OUT"
             )
         try:
+            provenance = json.loads(meta.get("provenance", "{}"))
+            if _OLD_SHA256_KEY in provenance:
+                provenance.setdefault(SHA256_KEY, provenance.pop(_OLD_SHA256_KEY))
             return cls(
                 config=ModelConfig.from_json(meta["config"]),
                 preprocessing=Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}"))),
                 labels=json.loads(meta.get("labels", "null")),
-                provenance=json.loads(meta.get("provenance", "{}")),
+                provenance=provenance,
                 accuracy=json.loads(meta.get("accuracy", "{}")),
                 extra=json.loads(meta.get("extra", "{}")),
             )
@@ -126,14 +126,14 @@ def save(
 
     Metadata not given is taken from `model.meta` when the model was loaded from a file.
     """
-    old: WeightsMeta | None = getattr(model, "meta", None)
+    old = meta_or_default(model)
     meta = WeightsMeta(
         config=model.config,
-        preprocessing=preprocessing or (old.preprocessing if old else Preprocessing()),
-        labels=list(labels) if labels is not None else (old.labels if old else None),
-        provenance=dict(provenance) if provenance is not None else (old.provenance if old else {}),
-        accuracy=dict(accuracy) if accuracy is not None else (old.accuracy if old else {}),
-        extra=dict(extra) if extra is not None else (old.extra if old else {}),
+        preprocessing=preprocessing or old.preprocessing,
+        labels=list(labels) if labels is not None else old.labels,
+        provenance=dict(provenance) if provenance is not None else old.provenance,
+        accuracy=dict(accuracy) if accuracy is not None else old.accuracy,
+        extra=dict(extra) if extra is not None else old.extra,
     )
     if meta.labels is not None and len(meta.labels) != meta.config.num_classes:
         raise ValueError(
@@ -164,11 +164,11 @@ def save_state_dict(
     return path
 
 
-def load_meta(path: str | os.PathLike) -> WeightsMeta:
-    """Read only the metadata of one of our checkpoints."""
+def read_meta(path: str | os.PathLike) -> WeightsMeta:
+    """Read only the metadata of one of our checkpoints (no tensors, no model)."""
     from safetensors import safe_open
 
-    path = _existing(path)
+    path = existing_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return WeightsMeta.from_metadata(f.metadata() or {}, str(path))
@@ -185,7 +185,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
 
     from mobilenetv2.model import MobileNetV2
 
-    meta = load_meta(path)
+    meta = read_meta(path)
     try:
         state = load_file(str(path), device=str(map_location))
     except Exception as e:
@@ -202,7 +202,7 @@ def load_state_dict_checked(
     """`load_state_dict(strict=True)` with a precise report: missing and unexpected keys and
     differing shapes, naming the width and resolution the model expected. DDP's `module.`
     (and torch.compile's `_orig_mod.`) prefixes are accepted."""
-    state = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    state = {strip_prefixes(k): v for k, v in state_dict.items()}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -220,11 +220,11 @@ def load_state_dict_checked(
         )
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+            parts.append(f"{len(missing)} missing key(s): {few(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+            parts.append(f"{len(unexpected)} unexpected key(s): {few(unexpected)}")
         if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
+            parts.append(f"{len(shapes)} shape mismatch(es): {few(shapes)}")
         raise UserError(f"{source} does not fit MobileNetV2 ({what}): " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
 
@@ -238,106 +238,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_state_dict(
-    path: str | os.PathLike, *, use_ema: bool = False
-) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Tensors of a foreign weights file, without ever executing code from it.
-
-    `.safetensors` files are read with safetensors; anything else with
-    `torch.load(weights_only=True)`, which refuses any pickled global outside PyTorch's
-    tensor allowlist (a file that needs code execution raises `UserError`, nothing runs).
-    Weights nested under `state_dict` / `model` (or `model_ema` / `state_dict_ema` with
-    `use_ema=True`) are unwrapped, and DDP / torch.compile key prefixes stripped.
-
-    Returns:
-        The flat state dict and the key it was nested under (None for a plain state dict).
-    """
-    path = _existing(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except Exception as e:
-            raise UserError(f"{path}: not a readable safetensors file ({e})") from e
-    else:
-        raw = _torch_load_safe(path)
-    state, key = _unwrap(raw, path, use_ema)
-    return {_strip_prefixes(k): v for k, v in state.items()}, key
+def source_provenance(path: str | os.PathLike, fmt: str) -> dict[str, str]:
+    """Where converted weights came from: the format, the source file and its sha256."""
+    return {"format": fmt, "source": str(path), SHA256_KEY: sha256_file(path)}
 
 
-def _torch_load_safe(path: Path) -> Any:
+def is_our_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a safetensors file with our metadata (False if unreadable)."""
+    from safetensors import safe_open
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch names the offending global ("Unsupported global: GLOBAL argparse.Namespace");
-        # show just that, not its multi-paragraph advice to turn the protection off.
-        found = re.search(r"(?:Unsupported global|Unsupported operand)[^.]*?: ?(GLOBAL )?([\w.]+)",
-                          str(e))
-        what = found.group(2) if found else "a non-tensor Python object"
-        raise UserError(
-            f"{path}: refused: loading it would execute code from the file (it references "
-            f"{what}); only plain tensor checkpoints are read (torch.load weights_only=True). "
-            f"If you trust its source, re-save just its state dict as safetensors or .pth"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from e
-
-
-def _unwrap(
-    raw: Any, path: Path, use_ema: bool
-) -> tuple[Mapping[str, torch.Tensor], str | None]:
-    if not isinstance(raw, Mapping):
-        raise UserError(
-            f"{path}: holds a {type(raw).__name__}, not a state dict (a mapping of names to "
-            f"tensors)"
-        )
-    # EMA weights only on request, or when they are all the checkpoint holds.
-    order = NESTED_EMA_KEYS if use_ema else (*NESTED_KEYS, *NESTED_EMA_KEYS)
-    key = next((k for k in order if isinstance(raw.get(k), Mapping)), None)
-    if use_ema and key is None:
-        raise UserError(
-            f"{path}: no EMA weights (none of {', '.join(NESTED_EMA_KEYS)}); top-level keys: "
-            f"{_few(sorted(map(str, raw)))}"
-        )
-    if key is not None:
-        log.info("%s: using the weights nested under %r", path, key)
-        state = dict(raw[key])
-        # torch.optim.swa_utils.AveragedModel (torchvision's EMA) adds a step counter.
-        state.pop("n_averaged", None)
-        state.pop("module.n_averaged", None)
-    else:
-        state = dict(raw)
-    bad = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
-    if bad:
-        hint = [k for k in (*NESTED_KEYS, *NESTED_EMA_KEYS) if k in raw]
-        raise UserError(
-            f"{path}: not a state dict: non-tensor entries {_few(bad)}"
-            + (f" (weights are under {hint[0]!r}?)" if hint else "")
-        )
-    return state, key
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _strip_prefixes(key: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
-def _few(items: Sequence[str], n: int = 4) -> str:
-    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
-
-
-def _existing(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(2, "No such file", str(p))
-    if p.is_dir():
-        raise IsADirectoryError(21, "Is a directory", str(p))
-    return p
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # unreadable: let the reader report it precisely
+        return False

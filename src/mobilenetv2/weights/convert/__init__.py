@@ -3,8 +3,14 @@
 `convert_file` detects the format (torchvision or timm key layout for `.pth`/`.pt`/`.bin`
 and foreign `.safetensors`, `.h5` -> Keras, `.tflite` -> TensorFlow Lite, `.tgz` -> the
 `.tflite` inside a TFLite hosted-model archive), runs the matching pure converter and records
-where the weights came from (path and sha256 of the source file). `convert` writes the result
-as one of our `.safetensors` files; it is what `mobilenetv2 convert` calls.
+where the weights came from (format, path and sha256 of the source file).
+`model_from_converted` is the one place a converted state dict is checked against the model
+it is for (`load_state_dict_checked`); `convert` writes the result as one of our
+`.safetensors` files and is what `mobilenetv2 convert` calls.
+
+One module per source: `read` (safe PyTorch reading), `keymap` (torchvision and timm key
+layouts as data), `keras`, `tflite/`; `fit` is the width search they share. A new format adds
+one module here, its name in `FORMATS` and its branch in `convert_file`.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from typing import Any
 from torch import nn
 
 from mobilenetv2.errors import UserError
+from mobilenetv2.weights._common import existing_file
+from mobilenetv2.weights.convert.keymap import LAYOUTS, convert_layout, layout_of
+from mobilenetv2.weights.convert.read import TORCH_SUFFIXES, read_foreign_state_dict
 from mobilenetv2.weights.format import (
-    FORMAT,
     Converted,
+    is_our_checkpoint,
     load_state_dict_checked,
-    read_state_dict,
     save_state_dict,
-    sha256_file,
+    source_provenance,
 )
 
 __all__ = [
@@ -34,14 +42,12 @@ __all__ = [
     "convert_file",
     "detect_format",
     "extract_member",
-    "is_our_checkpoint",
     "model_from_converted",
 ]
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchvision", "timm", "keras", "tflite")
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 # A .tflite MobileNetV2 is at most ~25 MB (width 1.4 float); refuse absurd members.
 _MAX_MEMBER_BYTES = 1 << 30
@@ -55,9 +61,9 @@ def detect_format(path: str | os.PathLike) -> str:
         return "keras"
     if name.endswith(".tflite") or name.endswith(_ARCHIVE_SUFFIXES):
         return "tflite"
-    if name.endswith((*_TORCH_SUFFIXES, ".safetensors")):
-        state, _ = read_state_dict(p)
-        return _layout_of(state, p)
+    if name.endswith((*TORCH_SUFFIXES, ".safetensors")):
+        state, _ = read_foreign_state_dict(p)
+        return _layout_name(state, p)
     raise UserError(
         f"{p}: unknown weights format (suffix {p.suffix or 'none'}); expected .pth/.pt "
         f"(torchvision, timm), .safetensors, .h5 (Keras), .tflite or .tgz (TensorFlow Lite); "
@@ -65,14 +71,10 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _layout_of(state: dict[str, Any], path: Path) -> str:
-    from mobilenetv2.weights.timm import looks_like_timm
-    from mobilenetv2.weights.torchvision import looks_like_torchvision
-
-    if looks_like_torchvision(state):
-        return "torchvision"
-    if looks_like_timm(state):
-        return "timm"
+def _layout_name(state: dict[str, Any], path: Path) -> str:
+    layout = layout_of(state)
+    if layout is not None:
+        return layout.name
     if "stem.conv.weight" in state:
         raise UserError(
             f"{path}: already has our key layout but no mobilenetv2 metadata; load it with "
@@ -88,7 +90,7 @@ def convert_file(
     path: str | os.PathLike, fmt: str | None = None, *, use_ema: bool = False,
     member: str | None = None,
 ) -> Converted:
-    """Convert a foreign weights file, recording its path and sha256 in the provenance.
+    """Convert a foreign weights file, recording its format, path and sha256 in the provenance.
 
     Args:
         path: The file.
@@ -96,51 +98,32 @@ def convert_file(
         use_ema: Take the EMA weights of a training checkpoint.
         member: For a `.tgz` archive, the file inside to convert (default: its one .tflite).
     """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(2, "No such file", str(p))
-    if p.is_dir():
-        raise IsADirectoryError(21, "Is a directory, not a weights file", str(p))
+    p = existing_file(path)
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if p.name.endswith(".safetensors") and is_our_checkpoint(p):
         raise UserError(f"{p}: already a mobilenetv2 checkpoint; nothing to convert")
-    state = None
-    if fmt in (None, "torchvision", "timm") and p.name.lower().endswith(
-        (*_TORCH_SUFFIXES, ".safetensors")
-    ):
-        state, nested = read_state_dict(p, use_ema=use_ema)  # read once, detect from keys
-        fmt = fmt or _layout_of(state, p)
+    state = nested = None
+    if fmt in (None, *LAYOUTS) and p.name.lower().endswith((*TORCH_SUFFIXES, ".safetensors")):
+        state, nested = read_foreign_state_dict(p, use_ema=use_ema)  # read once, detect
+        fmt = fmt or _layout_name(state, p)
     fmt = fmt or detect_format(p)
-    if fmt in ("torchvision", "timm"):
+    if fmt in LAYOUTS:
         if state is None:
-            state, nested = read_state_dict(p, use_ema=use_ema)
-        if fmt == "torchvision":
-            from mobilenetv2.weights.torchvision import convert_torchvision as fn
-        else:
-            from mobilenetv2.weights.timm import convert_timm as fn
-        conv = fn(state, name=str(p))
-        if nested:
-            conv.meta.provenance["checkpoint_key"] = nested
+            state, nested = read_foreign_state_dict(p, use_ema=use_ema)
+        conv = convert_layout(state, LAYOUTS[fmt], name=str(p), checkpoint_key=nested)
     elif fmt == "keras":
-        from mobilenetv2.weights.keras import convert_keras
+        from mobilenetv2.weights.convert.keras import convert_keras
 
         conv = convert_keras(str(p))
     else:
         conv = _convert_tflite_file(p, member)
-    if conv.meta.labels is None and conv.meta.config.num_classes in (1000, 1001):
-        from mobilenetv2.weights.imagenet import imagenet_labels
-
-        conv.meta.labels = imagenet_labels(conv.meta.config.num_classes)
-        conv.meta.provenance["labels"] = "ImageNet (assumed from the class count)"
-    conv.meta.provenance.update(
-        {"format": fmt, "source": str(p), "source_sha256": sha256_file(p)}
-    )
+    conv.meta.provenance.update(source_provenance(p, fmt))
     return conv
 
 
 def _convert_tflite_file(p: Path, member: str | None) -> Converted:
-    from mobilenetv2.weights.tflite import convert_tflite
+    from mobilenetv2.weights.convert.tflite import convert_tflite
 
     if not p.name.lower().endswith(_ARCHIVE_SUFFIXES):
         return convert_tflite(str(p))
@@ -191,7 +174,9 @@ def extract_member(archive: Path, member: str | None, dest_dir: Path) -> Path:
 
 
 def model_from_converted(conv: Converted) -> nn.Module:
-    """Build our model from a converter's output; `model.meta` holds its metadata."""
+    """Build our model from a converter's output, checking that every tensor fits it (the one
+    check, with a report of missing, unexpected and mis-shaped keys); `model.meta` holds its
+    metadata."""
     from mobilenetv2.model import MobileNetV2
 
     model = MobileNetV2(conv.meta.config)
@@ -216,14 +201,3 @@ def convert(
     return save_state_dict(
         {k: v.contiguous() for k, v in conv.state_dict.items()}, conv.meta, out
     )
-
-
-def is_our_checkpoint(p: str | os.PathLike) -> bool:
-    """Whether `p` is a safetensors file with our metadata (False if unreadable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
-    except Exception:  # unreadable: let the reader report it precisely
-        return False

@@ -11,8 +11,9 @@ Sources (Keras Applications, `keras/src/applications/mobilenet_v2.py`):
 Weights are taken in layer order, the way Keras' own legacy loader matches them, so the
 converter does not depend on layer names (they changed across Keras versions: `Logits` vs
 `predictions`, `depthwise_kernel` vs `kernel`, `mobl0_conv_0_*` vs `block_0_*`). Every
-tensor is then placed by its role (stem, expand, depthwise, project, head, classifier) and
-checked against the shapes `resolve()` gives for the inferred width.
+tensor is then placed by its role (stem, expand, depthwise, project, head, classifier); the
+inferred width reproduces every layer's channels, and the state dict is checked against the
+model where it is loaded (`model_from_converted`, `load_state_dict_checked`).
 
 Keras computes widths as `_make_divisible(int(filters * alpha), 8)` (note the truncation)
 while `resolve()` (like TF-slim and torchvision) rounds `filters * alpha` directly. Both give
@@ -20,7 +21,8 @@ the same channels for all six official alphas (0.35, 0.5, 0.75, 1.0, 1.3, 1.4) a
 stem (`_make_divisible(32 * alpha, 8)`) and last layer (1280, or `_make_divisible(1280 *
 alpha, 8)` above 1). For some other alphas they differ (0.56: Keras stages 8/16/16/32/...,
 ours 16/16/24/40/...); the converter then looks for a width whose rounding reproduces every
-layer and otherwise fails, naming the layers that differ.
+layer (`fit.fit_width`, the alpha in the file name first) and otherwise fails, naming the
+layers that differ.
 
 The result uses TF's conventions: `padding="tf_same"` (Keras pads stride-2 depthwise convs
 with `correct_pad`, (0, 1) on even inputs and (1, 1) on odd, exactly TF's SAME; the stem uses
@@ -44,14 +46,14 @@ from mobilenetv2.config import ModelConfig
 from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import ArchSpec, resolve
-from mobilenetv2.weights.format import Converted, WeightsMeta
+from mobilenetv2.weights.convert.fit import fit_width, nearest_width
+from mobilenetv2.weights.format import Converted, WeightsMeta, source_provenance
 from mobilenetv2.weights.imagenet import imagenet_labels
 
-__all__ = ["KERAS_ALPHAS", "convert_keras"]
+__all__ = ["convert_keras"]
 
 log = logging.getLogger(__name__)
 
-KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 BN_EPS = 1e-3  # Keras BatchNormalization(epsilon=1e-3) in mobilenet_v2.py
 BN_MOMENTUM = 1e-3  # Keras momentum=0.999 is a decay; PyTorch's momentum is 1 - decay
 _FILE_RE = re.compile(r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_([0-9.]+)_(\d+)")
@@ -224,13 +226,12 @@ def _arch_facts(arch: ArchSpec) -> dict[str, Any]:
 def _infer_config(found: _Found, base: ModelConfig, alpha: float | None, source: str
                   ) -> ModelConfig:
     facts = _facts(found)
-    candidates = ([alpha] if alpha else []) + list(KERAS_ALPHAS) + _grid(facts)
-    for width in candidates:
-        for fine in (True, False):
-            cfg = base.replace(width=width, finegrain_classification_mode=fine)
-            if _arch_facts(resolve(cfg)) == facts:
-                return cfg
-    want = base.replace(width=alpha or round(facts["blocks"][-1][2] / 320, 2) or 1.0)
+    last = facts["blocks"][-1][2] if facts["blocks"] else None
+    cfg = fit_width(base, lambda arch: _arch_facts(arch) == facts, last,
+                    prefer=(alpha,) if alpha else ())
+    if cfg is not None:
+        return cfg
+    want = base.replace(width=alpha or nearest_width(last))
     exp = _arch_facts(resolve(want))
     diffs = []
     if exp["stem"] != facts["stem"]:
@@ -306,14 +307,14 @@ def convert_keras(source: Any, *, backbone_only: bool = False) -> Converted:
     if _is_keras_model(source):
         src = f"Keras model {getattr(source, 'name', '')!r}"
         layers, info = _layers_from_model(source)
-        provenance: dict[str, Any] = {"source": "keras", "model": info["name"]}
+        provenance: dict[str, Any] = {"format": "keras", "source": src, "model": info["name"]}
     else:
         path = Path(os.fspath(source))
         if not path.is_file():
             raise UserError(f"{path}: no such file")
         src = str(path)
         layers, info = _layers_from_h5(path)
-        provenance = {"source": "keras", "file": path.name, "sha256": _sha256(path)}
+        provenance = {**source_provenance(path, "keras"), "file": path.name}
     found = _parse(layers, src)
     if found.dense is None and not backbone_only:
         raise UserError(
@@ -334,7 +335,6 @@ def convert_keras(source: Any, *, backbone_only: bool = False) -> Converted:
         log.warning("%s: file name says alpha %s; its channels give width %s",
                     src, info["alpha"], cfg.width)
     state = _state_dict(found)
-    _check_shapes(cfg, state, src, backbone_only=found.dense is None)
     meta = WeightsMeta(
         config=cfg,
         preprocessing=Preprocessing.tf_inception(cfg.resolution),
@@ -345,28 +345,3 @@ def convert_keras(source: Any, *, backbone_only: bool = False) -> Converted:
     )
     return Converted(state_dict=state, meta=meta)
 
-
-def _check_shapes(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
-                  backbone_only: bool) -> None:
-    from mobilenetv2.model import MobileNetV2, MobileNetV2Backbone
-    from mobilenetv2.weights.format import load_state_dict_checked
-
-    model = MobileNetV2Backbone(cfg) if backbone_only else MobileNetV2(cfg)
-    load_state_dict_checked(model, state, source=source)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _grid(facts: dict[str, Any]) -> list[float]:
-    """Widths 0.05 ... 4.00 in steps of 0.01, nearest first to the one the last stage
-    suggests (320 x width channels), so an equivalent width is also the most natural one."""
-    guess = facts["blocks"][-1][2] / 320 if facts["blocks"] else 1.0
-    return sorted((k / 100 for k in range(5, 401)), key=lambda w: (abs(w - guess), w))
