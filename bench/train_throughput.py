@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from mobilenetv2 import MobileNetV2, ModelConfig
 from mobilenetv2.config import TrainConfig
+from mobilenetv2.runtime.cpu import cpu_has_bf16
 from mobilenetv2.train.distributed import DistInfo
 from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
-from mobilenetv2.train.precision import choose_amp, choose_memory_format, cpu_has_bf16
+from mobilenetv2.train.precision import choose_amp, choose_memory_format
 
 # (input side, model, batch). The two shapes on the default network (width 1.0), and
 # the digits network of `make demo` (width 0.5, small_input) at 32x32, whose large early

@@ -1,5 +1,5 @@
 """Shared `--backend/--precision/--threads/--calib` options for the verbs that run a model
-(predict, eval, ...), and the `runner` they pass to the library (`runtime.session`)."""
+(predict, eval, ...), and the `runner` they pass to the library (`deploy.open_session`)."""
 
 from __future__ import annotations
 
@@ -25,17 +25,20 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
 
 
 def session_from_args(model: Any, args: argparse.Namespace):
-    """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the options."""
-    from mobilenetv2.runtime.session import InferenceSession
+    """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the options,
+    with the ONNX files its backends need exported / quantized (`deploy.open_session`)."""
+    from mobilenetv2.deploy import open_session
 
-    return InferenceSession(model, backend=args.backend, precision=args.precision,
-                            threads=args.threads, calib=args.calib)
+    return open_session(model, backend=args.backend, precision=args.precision,
+                        threads=args.threads, calib=args.calib)
 
 
 def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes)."""
+    """`runner(model, batch) -> logits` running `session` (the hook `predict` takes),
+    through the session's one tensor adapter (`InferenceSession.as_module`)."""
+    module = session.as_module()
 
     def run(_model: Any, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session(batch.detach().cpu().float().numpy()))
+        return module(batch)
 
     return run

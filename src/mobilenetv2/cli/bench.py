@@ -1,4 +1,4 @@
-"""`mobilenetv2 bench`: interleaved CPU inference benchmark (see `mobilenetv2.bench`)."""
+"""`mobilenetv2 bench`: interleaved CPU inference benchmark (see `mobilenetv2.benchmark`)."""
 
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenetv2.bench import BenchConfig, format_markdown, run_bench
+    from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
 
     given = {k: getattr(args, k) for k in ("weights", "threads", "rounds", "runs", "batch",
                                             "size", "cpu_ghz") if getattr(args, k) is not None}
     for k, v in given.items():
         if k != "weights" and v < 1:
             raise ValueError(f"--{k} must be >= 1, got {v}")
-    cfg = BenchConfig.quick(**given) if args.quick else BenchConfig(**given)
-    report = run_bench(cfg, progress=sys.stderr.isatty())
+    cfg = BenchmarkConfig.quick(**given) if args.quick else BenchmarkConfig(**given)
+    report = run_benchmark(cfg, progress=sys.stderr.isatty())
     command = "mobilenetv2 bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
     md = format_markdown(report, command.strip())
     if args.markdown:

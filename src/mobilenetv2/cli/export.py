@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenetv2.export.onnx import export_onnx, export_torchscript
+    from mobilenetv2.export import export_onnx, export_torchscript
     from mobilenetv2.weights import load_weights
 
     model = load_weights(args.weights)
