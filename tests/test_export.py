@@ -163,6 +163,7 @@ def test_official_tflite_model_exports(fixtures_dir, tmp_path) -> None:
     assert_runs_like_pytorch(res.path, model, torch.randn(1, 3, 225, 225))  # dynamic H, W
 
 
+@pytest.mark.slow  # the torch.export-based exporter takes 5-10 s even for width 0.35
 def test_dynamo_exporter_also_verifies(tmp_path) -> None:
     model = random_model()
     res = export_onnx(model, tmp_path / "d.onnx", exporter="dynamo")

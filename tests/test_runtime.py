@@ -308,6 +308,7 @@ def test_auto_times_batched_shapes_once(model) -> None:
     assert one.shape in sess.chosen  # batch 1 is raced too
 
 
+@pytest.mark.slow  # trains the digits classifier unless another test did
 def test_int8_from_float_weights_with_calibration(digits_weights) -> None:
     from mobilenetv2.quant.ptq import labelled_arrays
     from mobilenetv2.weights.format import load
