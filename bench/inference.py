@@ -1,4 +1,4 @@
-"""CPU inference benchmark for docs/BENCHMARKS.md (one command; see mobilenetv2.bench).
+"""CPU inference benchmark for docs/BENCHMARKS.md (one command; see mobilenetv2.benchmark).
 
     python bench/inference.py            # full run (about 5 minutes on 2 cores), updates
                                          # the "Inference" section of docs/BENCHMARKS.md
@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from mobilenetv2.bench import BenchConfig, format_markdown, run_bench
+from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- inference:start -->", "<!-- inference:end -->"
@@ -34,8 +34,8 @@ def main() -> int:
     args = p.parse_args()
     kw = {k: v for k, v in (("weights", args.weights), ("threads", args.threads),
                             ("rounds", args.rounds), ("cpu_ghz", args.cpu_ghz)) if v is not None}
-    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
-    report = run_bench(cfg, progress=True)
+    cfg = BenchmarkConfig.quick(**kw) if args.quick else BenchmarkConfig(**kw)
+    report = run_benchmark(cfg, progress=True)
     command = "python bench/inference.py " + " ".join(sys.argv[1:])
     md = format_markdown(report, command.strip())
     print(md)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from mobilenetv2 import MobileNetV2, ModelConfig
 from mobilenetv2.config import TrainConfig
-from mobilenetv2.train.amp import choose_amp, choose_memory_format, cpu_has_bf16
+from mobilenetv2.runtime.cpu import cpu_has_bf16
+from mobilenetv2.train.amp import choose_amp, choose_memory_format
 from mobilenetv2.train.distributed import DistInfo
 from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
 

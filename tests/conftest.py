@@ -26,3 +26,11 @@ def fixtures_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real digits classifier, trained once per session (tests/deploy_helpers.py)."""
+    from deploy_helpers import train_digits_model
+
+    return train_digits_model(tmp_path_factory.mktemp("digits") / "digits.safetensors")

@@ -1,34 +1,33 @@
 """Small real models for the deployment tests (export, quantization, inference sessions).
 
-`digits_model()` trains width 0.5 (small_input, 32x32) on the bundled digits for a few
-epochs (seconds): a real classifier whose int8 accuracy can be measured. `random_model()`
-has random weights with BatchNorm statistics re-estimated, so its activations are O(1)
-instead of the ~1e-9 the raw initialisation collapses to.
+`train_digits_model(path)` trains width 0.5 (small_input, 32x32) on the bundled digits for a
+few epochs (seconds): a real classifier whose int8 accuracy can be measured; the session-
+scoped `digits_weights` fixture (conftest.py) trains it once per test session into pytest's
+temporary folder. `random_model()` has random weights with BatchNorm statistics re-estimated
+(`mobilenetv2.benchmark.random_model`), so its activations are O(1) instead of the ~1e-9 the
+raw initialisation collapses to.
 """
 
 from __future__ import annotations
 
-import functools
-import tempfile
 from pathlib import Path
 
 import torch
 
+from mobilenetv2.benchmark import random_model as _random_model
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.data.digits import DIGITS_LABELS, DigitsDataset
 from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.model import MobileNetV2
-from mobilenetv2.model.fuse import reestimate_bn
-from mobilenetv2.weights.format import WeightsMeta, load, save
+from mobilenetv2.weights.format import WeightsMeta, save
 
 DIGITS_PRE = Preprocessing(resize=32, crop=32, resize_mode="exact", mean=(0.5,) * 3,
                            std=(0.5,) * 3)
-_DIR = Path(tempfile.mkdtemp(prefix="mobilenetv2-deploy-tests-"))
 
 
-@functools.lru_cache(maxsize=1)
-def digits_model_path() -> Path:
+def train_digits_model(path: Path) -> Path:
+    """Train the digits classifier and save it to `path` (our format); returns `path`."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors: one thread is fastest on the shared machine
@@ -60,21 +59,13 @@ def digits_model_path() -> Path:
         torch.set_num_threads(threads)
     model.eval()
     model.meta = WeightsMeta(config=cfg, preprocessing=DIGITS_PRE, labels=DIGITS_LABELS)
-    return save(model, _DIR / "digits.safetensors")
-
-
-def digits_model() -> MobileNetV2:
-    return load(digits_model_path())
+    return save(model, path)
 
 
 def random_model(width: float = 0.35, size: int = 96, padding: str = "symmetric",
                  num_classes: int = 10) -> MobileNetV2:
     cfg = ModelConfig(width=width, padding=padding, num_classes=num_classes, resolution=size)
-    model = MobileNetV2(cfg)
-    reestimate_bn(model, steps=2, batch_size=4, size=size)
-    model.meta = WeightsMeta(config=cfg, preprocessing=Preprocessing(resize=size, crop=size),
-                             labels=[f"class {i}" for i in range(num_classes)])
-    return model
+    return _random_model(cfg, labels=[f"class {i}" for i in range(num_classes)])
 
 
 def one_thread():

@@ -235,7 +235,7 @@ def test_declared_choices_match_the_library() -> None:
     from mobilenetv2.cli.options import SHARED
     from mobilenetv2.cli.profile import VariantName
     from mobilenetv2.registry import VARIANTS
-    from mobilenetv2.runtime.session import BACKENDS, PRECISIONS
+    from mobilenetv2.runtime.backends import BACKENDS, PRECISIONS
     from mobilenetv2.train.recipes import RECIPES
     from mobilenetv2.weights.convert import FORMATS
 

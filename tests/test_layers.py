@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("weights",),
     ("export", "runtime"),
     ("evaluate", "train", "quant"),
-    ("predict", "segment", "detect", "bench", "deploy"),
+    ("predict", "segment", "detect", "benchmark", "deploy"),
     ("cli",),
     ("__init__", "__main__"),
 )

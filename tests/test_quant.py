@@ -1,4 +1,7 @@
-"""int8: post-training quantization and QAT to QDQ ONNX, measured on real data."""
+"""int8: post-training quantization and QAT to QDQ ONNX, measured on real data.
+
+Tests marked `slow` need the digits classifier (trained once per session, about a minute on
+2 cores) or the official 224x224 model."""
 
 from __future__ import annotations
 
@@ -8,10 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_helpers import digits_model, digits_model_path, official_model, one_thread
+from deploy_helpers import official_model, one_thread, random_model
 from mobilenetv2.cli import main
-from mobilenetv2.quant.ptq import labelled_arrays, onnx_logits, quantize_ptq, read_accuracy
+from mobilenetv2.quant.ptq import (
+    fp32_int8_paths,
+    labelled_arrays,
+    onnx_logits,
+    quantize_ptq,
+    read_accuracy,
+)
 from mobilenetv2.quant.qat import ActFakeQuant, QATConvBNAct, prepare_qat, set_qat_state
+from mobilenetv2.weights.format import load
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -23,11 +33,18 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def ptq(tmp_path_factory):
+def ptq(tmp_path_factory, digits_weights):
     out = tmp_path_factory.mktemp("ptq") / "digits"
-    return quantize_ptq(digits_model(), out, "digits")
+    return quantize_ptq(load(digits_weights), out, "digits")
 
 
+@pytest.mark.parametrize("out", ["m", "m.onnx", "m.int8.onnx", "m.int8"])
+def test_ptq_and_qat_write_beside_the_stem(tmp_path, out) -> None:
+    assert fp32_int8_paths(tmp_path / out) == (tmp_path / "m.fp32.onnx",
+                                               tmp_path / "m.int8.onnx")
+
+
+@pytest.mark.slow
 def test_ptq_digits_loses_at_most_one_point(ptq) -> None:
     acc = ptq.accuracy
     assert acc["fp32"] > 80  # a real classifier, not chance (10%)
@@ -37,6 +54,7 @@ def test_ptq_digits_loses_at_most_one_point(ptq) -> None:
     assert recorded["top1_int8"] == pytest.approx(acc["int8"])
 
 
+@pytest.mark.slow
 def test_ptq_graph_is_qdq_per_channel_with_relu6(ptq) -> None:
     proto = onnx.load(str(ptq.int8_path))
     ops = [n.op_type for n in proto.graph.node]
@@ -61,9 +79,10 @@ def test_ptq_graph_is_qdq_per_channel_with_relu6(ptq) -> None:
         assert float(inits[node.input[1]]) * 255 <= 6.0 + 1e-5
 
 
-def test_int8_runs_on_openvino_too(ptq) -> None:
+@pytest.mark.slow
+def test_int8_runs_on_openvino_too(ptq, digits_weights) -> None:
     ov = pytest.importorskip("openvino", reason="openvino is not installed")
-    x, _ = labelled_arrays("digits", digits_model().meta.preprocessing, limit=64)
+    x, _ = labelled_arrays("digits", load(digits_weights).meta.preprocessing, limit=64)
     compiled = ov.Core().compile_model(str(ptq.int8_path), "CPU",
                                        {"INFERENCE_PRECISION_HINT": "f32"})
     got = compiled({0: x})[0].argmax(1)
@@ -71,28 +90,29 @@ def test_int8_runs_on_openvino_too(ptq) -> None:
     assert (got == ref).mean() >= 0.95
 
 
-def test_quantize_cli_from_a_folder(tmp_path, capsys) -> None:
+@pytest.mark.slow
+def test_quantize_cli_from_a_folder(tmp_path, capsys, digits_weights) -> None:
     from mobilenetv2.data.digits import export_digits_imagefolder
 
     folder = export_digits_imagefolder(tmp_path / "digits_test", "test")
     out = tmp_path / "q" / "model"
-    code = main(["quantize", "--weights", str(digits_model_path()), "--calib", str(folder),
+    code = main(["quantize", "--weights", str(digits_weights), "--calib", str(folder),
                  "--calib-images", "64", "--eval", str(folder), "--eval-images", "120",
                  "-o", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "int8" in text and "top-1 on 120 images" in text
     assert (tmp_path / "q" / "model.int8.onnx").is_file()
-    assert main(["quantize", "--weights", str(digits_model_path()), "--calib",
+    assert main(["quantize", "--weights", str(digits_weights), "--calib",
                  str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 
 
 def test_qat_freezes_bn_and_observers() -> None:
-    qat = prepare_qat(digits_model())
+    qat = prepare_qat(random_model(size=64))
     convs = [m for m in qat.modules() if isinstance(m, QATConvBNAct)]
     assert len(convs) == 52
-    x = torch.randn(8, 3, 32, 32)
+    x = torch.randn(8, 3, 64, 64)
     qat.train()
     set_qat_state(qat, freeze_bn=False, freeze_observers=False)
     before = convs[3].bn.running_mean.clone()
@@ -106,10 +126,11 @@ def test_qat_freezes_bn_and_observers() -> None:
     assert torch.equal(stats[1], fq.min_val) and torch.equal(stats[2], fq.max_val)
 
 
-def test_qat_digits(tmp_path) -> None:
+@pytest.mark.slow
+def test_qat_digits(tmp_path, digits_weights) -> None:
     from mobilenetv2.quant.qat import quantize_qat
 
-    res = quantize_qat(digits_model(), tmp_path / "qat", "digits", epochs=2,
+    res = quantize_qat(load(digits_weights), tmp_path / "qat", "digits", epochs=2,
                        freeze_bn_after=1, freeze_observers_after=1, train_images=160,
                        calib_images=128, progress=False)
     assert res.method == "qat"
@@ -117,6 +138,7 @@ def test_qat_digits(tmp_path) -> None:
     assert res.accuracy["int8"] >= res.accuracy["fp32"] - 1.0, res.accuracy
 
 
+@pytest.mark.slow
 def test_official_model_int8_top1_on_fixture_photos(fixtures_dir, tmp_path) -> None:
     from mobilenetv2.data.images import open_rgb
     from mobilenetv2.data.transforms import eval_transform
@@ -136,14 +158,31 @@ def test_official_model_int8_top1_on_fixture_photos(fixtures_dir, tmp_path) -> N
     assert (q == fp).all(), [model.meta.labels[i] for i in q]
 
 
-def test_deploy_demo_side_by_side(tmp_path, capsys) -> None:
+@pytest.mark.slow
+def test_deploy_demo_side_by_side(tmp_path, digits_weights) -> None:
     from mobilenetv2.deploy import deploy_demo, format_rows
 
-    rows = deploy_demo(str(digits_model_path()), tmp_path, rounds=2, runs=3, threads=1)
+    rows = deploy_demo(str(digits_weights), tmp_path, rounds=2, runs=3, threads=1)
     fp32, int8 = rows
     assert (fp32.precision, int8.precision) == ("fp32", "int8")
-    assert fp32.path.name == "model.fp32.onnx" and int8.path.name == "model.int8.onnx"
+    assert fp32.path == tmp_path / "model.fp32.onnx" and fp32.path.is_file()
+    assert int8.path == tmp_path / "model.int8.onnx" and int8.path.is_file()
     assert fp32.top1 > 80 and int8.top1 >= fp32.top1 - 1.0
-    assert fp32.latency_ms > 0 and int8.latency_ms > 0
-    table = format_rows(rows)
-    assert "int8 vs fp32" in table and "top-1" in table
+    assert read_accuracy(int8.path)["top1_int8"] == pytest.approx(int8.top1, abs=1.0)
+    table = format_rows(rows).splitlines()
+    assert table[1].split()[:3] == ["fp32", fp32.backend, f"{fp32.top1:.2f}"]
+    assert table[2].split()[:3] == ["int8", int8.backend, f"{int8.top1:.2f}"]
+    assert table[3].startswith(f"int8 vs fp32: {int8.top1 - fp32.top1:+.2f} top-1 points")
+
+
+def test_deploy_table_says_which_way_int8_went() -> None:
+    from pathlib import Path
+
+    from mobilenetv2.deploy import DeployRow, format_rows
+
+    def rows(fp32_ms: float, int8_ms: float) -> list[DeployRow]:
+        return [DeployRow("fp32", Path("m.fp32.onnx"), "onnxruntime", 99.0, fp32_ms, ""),
+                DeployRow("int8", Path("m.int8.onnx"), "openvino", 98.5, int8_ms, "")]
+
+    assert format_rows(rows(2.0, 1.0)).endswith("-0.50 top-1 points, 2.00x faster at batch 1")
+    assert format_rows(rows(1.0, 2.0)).endswith("-0.50 top-1 points, 2.00x slower at batch 1")

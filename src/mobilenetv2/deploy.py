@@ -1,23 +1,117 @@
-"""The deployment half of `make demo`: export, quantize, verify, and compare fp32 vs int8.
+"""Deployment: from a float model to the files a backend runs, and `make demo`'s comparison.
 
-From one trained checkpoint: the BN-folded fp32 ONNX model (verified against PyTorch), the
-int8 QDQ model (per-channel weights, calibrated on the training split), both run through the
-fastest backend `InferenceSession` picks for their precision, with top-1 accuracy on the
-evaluation set and batch-1 latency measured in interleaved rounds (fp32, int8, fp32, ...)
-so both numbers see the same machine state.
+`open_session` is what the CLI's `--backend/--precision/--calib` options call: it asks the
+session's backend choice (`runtime.session.choose_backends`) whether an ONNX backend will
+run, and only then makes the ONNX file that backend needs: the BN-folded fp32 export
+(verified against PyTorch) and, for int8, the QDQ model calibrated on real images
+(`quant.ptq`). The files live in a temporary folder the session removes on `close()`.
+
+`deploy_demo` is the deployment half of `make demo`. From one trained checkpoint: the fp32
+ONNX model, the int8 QDQ model (per-channel weights, calibrated on the training split),
+both run through the fastest backend `InferenceSession` picks for their precision, with
+top-1 accuracy on the evaluation set and batch-1 latency measured in interleaved rounds
+(`benchmark.timing`), so both numbers see the same machine state.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from torch import nn
 
-__all__ = ["DeployRow", "deploy_demo", "format_rows"]
+from mobilenetv2.errors import UserError
+from mobilenetv2.runtime.backends import BACKENDS
+from mobilenetv2.runtime.session import (
+    INT8_NEEDS_A_QUANTIZED_MODEL,
+    InferenceSession,
+    choose_backends,
+)
+
+__all__ = ["DeployRow", "deploy_demo", "format_rows", "open_session"]
+
+
+def open_session(
+    model: nn.Module | str | os.PathLike,
+    backend: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    *,
+    calib: Any = None,
+    input_size: int | None = None,
+) -> InferenceSession:
+    """An `InferenceSession` for float weights, with the ONNX files its backends need made.
+
+    Args:
+        model: An `nn.Module` (MobileNetV2), a `--weights` spec, or a `.onnx` file.
+        backend: "auto" or a backend name (`runtime.backends.BACKENDS`).
+        precision: "fp32", "bf16" or "int8". int8 from float weights (or a float `.onnx`
+            file) needs `calib`.
+        threads: Intra-op threads (default: the backend's).
+        calib: Calibration images for int8: "digits", a folder, or a preprocessed array
+            (see `quant.ptq.calibration_arrays`).
+        input_size: Example input side of the export (default: the weights' crop).
+    """
+    if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
+        return _onnx_session(Path(model), backend, precision, threads, calib)
+    if not isinstance(model, nn.Module):
+        from mobilenetv2.weights import load_weights
+
+        model = load_weights(str(model))
+    names = choose_backends(backend, precision, module=True, onnx=True)
+    if all(BACKENDS[n].runs != "onnx" for n in names):
+        return InferenceSession(model, backend, precision, threads)
+    if precision == "int8" and calib is None:
+        raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
+    from mobilenetv2.export.onnx import export_onnx
+    from mobilenetv2.weights.format import meta_or_default
+
+    tmp = tempfile.TemporaryDirectory(prefix="mobilenetv2-")
+    try:
+        work = Path(tmp.name)
+        path = export_onnx(model, work / "model.fp32.onnx", input_size=input_size).path
+        if precision == "int8":
+            path = _quantize(path, work, calib, meta_or_default(model).preprocessing)
+        return InferenceSession(model, backend, precision, threads, onnx_file=path,
+                                cleanup=tmp.cleanup)
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
+def _onnx_session(path: Path, backend: str, precision: str, threads: int | None,
+                  calib: Any) -> InferenceSession:
+    """A session on an ONNX file; a float file asked for int8 is quantized first."""
+    from mobilenetv2.runtime.onnx_meta import onnx_metadata, onnx_precision, onnx_weights_meta
+
+    if precision != "int8" or calib is None or not path.is_file():
+        return InferenceSession(path, backend, precision, threads)
+    props = onnx_metadata(path)
+    if onnx_precision(path, props) == "int8":
+        return InferenceSession(path, backend, precision, threads)
+    from mobilenetv2.data.preprocessing import Preprocessing
+
+    meta = onnx_weights_meta(props)
+    tmp = tempfile.TemporaryDirectory(prefix="mobilenetv2-")
+    try:
+        pre = meta.preprocessing if meta is not None else Preprocessing()
+        int8 = _quantize(path, Path(tmp.name), calib, pre)
+        return InferenceSession(int8, backend, precision, threads, cleanup=tmp.cleanup)
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
+def _quantize(float_path: Path, work: Path, calib: Any, preprocessing: Any) -> Path:
+    from mobilenetv2.quant.ptq import calibration_arrays, quantize_onnx
+
+    data = calibration_arrays(calib, preprocessing)
+    return quantize_onnx(float_path, work / "model.int8.onnx", data)
 
 
 @dataclass
@@ -51,13 +145,13 @@ def deploy_demo(
             (test split).
         rounds: Interleaved latency rounds; `runs` batch-1 runs per precision and round.
     """
+    from mobilenetv2.benchmark.timing import time_interleaved
     from mobilenetv2.quant.ptq import labelled_arrays, quantize_ptq
-    from mobilenetv2.runtime.session import InferenceSession
     from mobilenetv2.weights import load_weights
 
     model = load_weights(weights)
     out = Path(out_dir) / "model"
-    result = quantize_ptq(model, out, data, calib_images=calib_images, evaluate=data)
+    result = quantize_ptq(model, out, data, calib_images=calib_images, eval_data=data)
     x, y = labelled_arrays(data, model.meta.preprocessing, split="test",
                            labels=model.meta.labels)
     sessions = {
@@ -68,25 +162,14 @@ def deploy_demo(
     for p, sess in sessions.items():
         pred = np.concatenate([sess(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1)
         top1[p] = float((pred == y).mean() * 100) if y is not None else float("nan")
-    one = x[:1]
-    for sess in sessions.values():
-        for _ in range(5):
-            sess(one)
-    per_round: dict[str, list[float]] = {p: [] for p in sessions}
-    for _ in range(rounds):
-        for p, sess in sessions.items():
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                sess(one)
-                times.append(time.perf_counter() - t0)
-            per_round[p].append(statistics.median(times))
+    timings = time_interleaved(sessions, x[:1], rounds=rounds, runs=runs)
     rows = []
     for p, sess in sessions.items():
         verified = ("ONNX Runtime vs PyTorch within 1e-4" if p == "fp32" else
                     f"top-1 agrees with fp32 on {result.agreement:.1f}% of test images")
-        rows.append(DeployRow(p, Path(sess.onnx_path), sess.backend, top1[p],
-                              statistics.median(per_round[p]) * 1e3, verified))
+        latency = statistics.median(statistics.median(t) for t in timings[p].batch1)
+        rows.append(DeployRow(p, Path(sess.onnx_path), sess.backend, top1[p], latency * 1e3,
+                              verified))
     for sess in sessions.values():
         sess.close()
     return rows

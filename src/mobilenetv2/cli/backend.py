@@ -1,5 +1,5 @@
 """The runtime options of the verbs that run a model (`--backend/--precision/--threads/
---calib`), and the `InferenceSession` and `runner` they give the library (`runtime.session`).
+--calib`), and the session and `runner` they give the library (`deploy.open_session`).
 
 `--threads` means the same in every verb: intra-op threads, 0 for the library's choice.
 """
@@ -60,11 +60,12 @@ def apply_threads(threads: int) -> None:
 
 def session_from_args(model: Any, args: Any) -> Any:
     """An `InferenceSession` for `model` (an nn.Module or a .onnx path) from the runtime
-    options (a `RuntimeArgs` or an argparse namespace with the same names)."""
-    from mobilenetv2.runtime.session import InferenceSession
+    options (a `RuntimeArgs` or an argparse namespace with the same names), with the ONNX
+    files its backends need exported / quantized (`deploy.open_session`)."""
+    from mobilenetv2.deploy import open_session
 
-    return InferenceSession(model, backend=args.backend, precision=args.precision,
-                            threads=threads_or_none(args.threads), calib=args.calib)
+    return open_session(model, backend=args.backend, precision=args.precision,
+                        threads=threads_or_none(args.threads), calib=args.calib)
 
 
 def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:

@@ -1,5 +1,5 @@
 """`mobilenetv2 bench`: the command-line face of the interleaved CPU inference benchmark
-(`mobilenetv2.bench.run_bench`; the scripts under the repository's bench/ are separate)."""
+(`mobilenetv2.benchmark`; the scripts under the repository's bench/ are separate)."""
 
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ class Args:
 
 
 def run(args: Args) -> int:
-    from mobilenetv2.bench import BenchConfig, format_markdown, run_bench
+    from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
 
     given = {"weights": args.weights, "threads": threads_or_none(args.threads),
              "rounds": args.rounds, "runs": args.runs, "batch": args.batch, "size": args.size,
              "cpu_ghz": args.cpu_ghz}
     given = {k: v for k, v in given.items() if v is not None}
-    cfg = BenchConfig.quick(**given) if args.quick else BenchConfig(**given)
-    report = run_bench(cfg, progress=sys.stderr.isatty())
+    cfg = BenchmarkConfig.quick(**given) if args.quick else BenchmarkConfig(**given)
+    report = run_benchmark(cfg, progress=sys.stderr.isatty())
     command = "mobilenetv2 bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
     md = format_markdown(report, command.strip())
     if args.markdown:

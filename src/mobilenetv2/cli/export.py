@@ -34,7 +34,7 @@ class Args:
 
 
 def run(args: Args) -> int:
-    from mobilenetv2.export.onnx import export_onnx, export_torchscript
+    from mobilenetv2.export import export_onnx, export_torchscript
     from mobilenetv2.weights import load_weights
 
     apply_threads(args.threads)

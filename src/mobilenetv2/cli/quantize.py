@@ -58,13 +58,13 @@ def run(args: Args) -> int:
         out = str(w.with_suffix("")) if w.exists() else "model"
     if args.method == "ptq":
         result = quantize_ptq(model, out, args.calib, calib_images=args.calib_images,
-                              evaluate=args.eval_data, eval_images=args.eval_images)
+                              eval_data=args.eval_data, eval_images=args.eval_images)
     else:
         result = quantize_qat(model, out, args.calib, epochs=args.epochs,
                               freeze_bn_after=args.freeze_bn_after,
                               freeze_observers_after=args.freeze_observers_after,
                               lr=args.lr, calib_images=args.calib_images,
-                              evaluate=args.eval_data)
+                              eval_data=args.eval_data)
     print(f"float model: {result.float_path} (verified against PyTorch)")
     print(f"int8 model:  {result.int8_path} (QDQ, per-channel weights, {result.method}, "
           f"{result.calibration_images} calibration images)")

@@ -1,11 +1,12 @@
-"""Export to ONNX and TorchScript, each verified numerically against PyTorch.
+"""Export to ONNX, verified numerically against PyTorch on ONNX Runtime (else OpenVINO).
 
 The ONNX graph is the BN-folded network (`model.fuse`): Conv (with bias), `Clip(0, 6)` for
 ReLU6 with constant bounds, `Add` for the shortcuts, `GlobalAveragePool`, `Flatten`, `Gemm`.
 tf_same padding (`SamePad2d`) becomes a `Pad` whose amounts are computed from the input
 shape, so it stays exact with dynamic height/width. The weights' metadata (config,
 preprocessing, labels, provenance) travels in the model's `metadata_props`, one JSON document
-per key as in our safetensors files, so a deployed `.onnx` file is self-describing.
+per key as in our safetensors files (`runtime.onnx_meta`), so a deployed `.onnx` file is
+self-describing.
 
 Exporter choice (torch 2.14): the torch.export-based exporter (`dynamo=True`, the default
 since torch 2.9) lowers global pooling to `ReduceMean` and takes about two minutes for this
@@ -18,11 +19,9 @@ the same inputs as PyTorch (USERS.md point 3).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,74 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenetv2._optional import require
 from mobilenetv2.errors import UserError
+from mobilenetv2.export.common import DEFAULT_ATOL, ExportResult, example_size, export_metadata
 from mobilenetv2.model.fuse import fuse, is_fused
+from mobilenetv2.runtime.backends import onnx_runner
+from mobilenetv2.runtime.onnx_meta import set_onnx_metadata
 
-__all__ = [
-    "ExportResult",
-    "export_onnx",
-    "export_torchscript",
-    "onnx_metadata",
-    "require",
-    "verify_onnx",
-]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "verify_onnx"]
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-DEFAULT_ATOL = 1e-4
-
-
-@dataclass
-class ExportResult:
-    """Where an export went and how closely it reproduces PyTorch."""
-
-    path: Path
-    max_abs_diff: float | None
-    format: str
-
-    def __str__(self) -> str:
-        diff = "not verified" if self.max_abs_diff is None else (
-            f"max |diff| vs PyTorch {self.max_abs_diff:.2e}")
-        return f"{self.format} -> {self.path} ({diff})"
-
-
-def require(module: str, purpose: str) -> Any:
-    """Import an optional dependency or raise one clear `UserError` naming the package."""
-    import importlib
-
-    pip = {"onnxruntime": "onnxruntime", "openvino": "openvino", "onnx": "onnx"}.get(
-        module.split(".")[0], module)
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise UserError(
-            f"{purpose} needs the '{pip}' package, which is not installed "
-            f"(pip install {pip}): {e}"
-        ) from e
-
-
-def _metadata(model: nn.Module, extra: dict[str, str] | None) -> dict[str, str]:
-    from mobilenetv2.weights.format import WeightsMeta
-
-    meta = getattr(model, "meta", None)
-    if meta is None and hasattr(model, "config"):
-        meta = WeightsMeta(config=model.config)
-    props = meta.to_metadata() if meta is not None else {}
-    props.setdefault("precision", "fp32")
-    props.update(extra or {})
-    return props
-
-
-def _input_size(model: nn.Module, input_size: int | None) -> int:
-    if input_size is not None:
-        return input_size
-    meta = getattr(model, "meta", None)
-    if meta is not None:
-        return meta.preprocessing.crop
-    cfg = getattr(model, "config", None)
-    return cfg.resolution if cfg is not None else 224
 
 
 def export_onnx(
@@ -139,7 +83,7 @@ def export_onnx(
     reference = model.eval()
     net = reference if is_fused(reference) else fuse(reference, channels_last=False)
     net = net.to(memory_format=torch.contiguous_format).float()
-    size = _input_size(model, input_size)
+    size = example_size(model, input_size)
     example = torch.randn(2, 3, size, size)
     axes = {0: "batch"} if dynamic_batch else {}
     if dynamic_hw:
@@ -178,10 +122,7 @@ def export_onnx(
             log.debug("%s", chatter.getvalue())
     proto = onnx.load(str(path))
     _constants_to_initializers(proto)
-    del proto.metadata_props[:]
-    for key, value in _metadata(model, metadata).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(proto, export_metadata(model, metadata))
     proto.doc_string = "MobileNetV2 (Sandler et al., CVPR 2018) exported by mobilenetv2"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
@@ -224,7 +165,7 @@ def verify_onnx(
     The batch (3) differs from the export's example batch (2), which checks the dynamic
     batch axis too. Raises `UserError` when the difference exceeds `atol`.
     """
-    run = _runtime(path)
+    run = onnx_runner(path, "verifying an ONNX export")
     model = model.eval()
     worst = 0.0
     gen = torch.Generator().manual_seed(0)
@@ -241,75 +182,3 @@ def verify_onnx(
             f"(more than {atol:g}); the export is wrong"
         )
     return worst
-
-
-def _runtime(path: str | os.PathLike):
-    """A function running the ONNX file: ONNX Runtime, else OpenVINO in true fp32."""
-    import importlib
-
-    try:
-        ort = importlib.import_module("onnxruntime")
-    except ImportError:
-        ort = None
-    if ort is not None:
-        ort.set_default_logger_severity(3)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0]
-    try:
-        ov = importlib.import_module("openvino")
-    except ImportError:
-        ov = None
-    if ov is None:
-        require("onnxruntime", "verifying an ONNX export")
-    core = ov.Core()
-    # f32 hint: OpenVINO would otherwise run bf16 on CPUs that have it
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return lambda x: compiled({0: x})[0]
-
-
-def export_torchscript(
-    model: nn.Module,
-    path: str | os.PathLike,
-    *,
-    input_size: int | None = None,
-    verify: bool = True,
-    atol: float = DEFAULT_ATOL,
-) -> ExportResult:
-    """Trace the fused model to TorchScript (`torch.jit.load` needs no mobilenetv2 code).
-
-    Tracing rather than scripting: the traced graph is the plain conv/clamp/add sequence,
-    and the metadata goes into the archive's `extra_files` (`meta.json`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    reference = model.eval()
-    net = reference if is_fused(reference) else fuse(reference)
-    size = _input_size(model, input_size)
-    example = torch.randn(2, 3, size, size).to(memory_format=torch.channels_last)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(net, (example,), check_trace=False)
-        traced = torch.jit.freeze(traced.eval())
-    files = {"meta.json": json.dumps(_metadata(model, None))}
-    with warnings.catch_warnings():
-        # torch 2.14 marks torch.jit deprecated; TorchScript is still what C++ (libtorch)
-        # deployments load, so it is offered as long as torch ships it.
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(traced, str(path), _extra_files=files)
-        loaded = torch.jit.load(str(path)) if verify else None
-    diff = None
-    if loaded is not None:
-        x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            diff = float((loaded(x) - reference(x)).abs().max())
-        if diff > atol:
-            raise UserError(f"{path}: TorchScript output differs from PyTorch by {diff:.3g}")
-    return ExportResult(path=path, max_abs_diff=diff, format="torchscript")
-
-
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The `metadata_props` of an ONNX file as a dict (empty for foreign files)."""
-    onnx = require("onnx", "reading ONNX metadata")
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}

@@ -29,13 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenetv2._optional import require
 from mobilenetv2.data.images import IMAGE_SUFFIXES, image_files
 from mobilenetv2.errors import UserError
 
 __all__ = [
     "QuantizeResult",
     "calibration_arrays",
+    "fp32_int8_paths",
     "labelled_arrays",
+    "measure",
     "onnx_logits",
     "quantize_onnx",
     "quantize_ptq",
@@ -167,7 +170,7 @@ def quantize_onnx(
         metadata: Extra `metadata_props`; the float model's are kept and `precision` is
             set to "int8".
     """
-    from mobilenetv2.export.onnx import require
+    from mobilenetv2.runtime.onnx_meta import set_onnx_metadata
 
     ort = require("onnxruntime", "int8 quantization")
     onnx = require("onnx", "int8 quantization")
@@ -201,26 +204,24 @@ def quantize_onnx(
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(metadata or {})
     props["precision"] = "int8"
-    del q.metadata_props[:]
-    for key, value in props.items():
-        entry = q.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(q, props)
     onnx.save(q, str(int8_path))
     return int8_path
 
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits of an ONNX model on ONNX Runtime's CPU provider, in batches."""
-    from mobilenetv2.export.onnx import require
+    from mobilenetv2.runtime.backends import onnxruntime_session
 
-    ort = require("onnxruntime", "running an ONNX model")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = onnxruntime_session(path)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
                            for i in range(0, len(x), batch)])
 
 
-def _default_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+def fp32_int8_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """`STEM.fp32.onnx` and `STEM.int8.onnx` beside `out` (`STEM`, `STEM.onnx` or
+    `STEM.int8.onnx`): where PTQ and QAT write the float and the int8 model."""
     out = Path(out)
     stem = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
     stem = stem[:-len(".int8")] if stem.endswith(".int8") else stem
@@ -233,7 +234,7 @@ def quantize_ptq(
     calib: str | os.PathLike | np.ndarray | torch.Tensor,
     *,
     calib_images: int = 256,
-    evaluate: str | os.PathLike | None = None,
+    eval_data: str | os.PathLike | None = None,
     eval_images: int | None = None,
     input_size: int | None = None,
 ) -> QuantizeResult:
@@ -244,37 +245,38 @@ def quantize_ptq(
         out: Output path; writes `STEM.fp32.onnx` and `STEM.int8.onnx` beside it.
         calib: "digits", a folder of images, or preprocessed inputs (N, 3, H, W).
         calib_images: At most this many calibration images (spread over the folder).
-        evaluate: "digits" or a labelled image folder (ImageFolder layout); top-1 of fp32
-            and int8 is measured on it. Default: the digits test split when calibrating on
-            digits.
+        eval_data: "digits" or a labelled image folder (ImageFolder layout); top-1 of fp32
+            and int8 is measured on it. Default: the calibration source (for digits its
+            test split).
         eval_images: Limit the evaluation set.
     """
     from mobilenetv2.data.preprocessing import Preprocessing
     from mobilenetv2.export.onnx import export_onnx
-    from mobilenetv2.weights.format import WeightsMeta
+    from mobilenetv2.weights.format import meta_or_default
 
-    meta = getattr(model, "meta", None) or WeightsMeta(config=model.config)
+    meta = meta_or_default(model)
     pre: Preprocessing = meta.preprocessing
-    float_path, int8_path = _default_paths(out)
+    float_path, int8_path = fp32_int8_paths(out)
     export_onnx(model, float_path, input_size=input_size or pre.crop)
     data = calibration_arrays(calib, pre, limit=calib_images)
     quantize_onnx(float_path, int8_path, data)
     result = QuantizeResult(float_path, int8_path, "ptq", len(data))
-    if evaluate is None and isinstance(calib, (str, os.PathLike)):
+    if eval_data is None and isinstance(calib, (str, os.PathLike)):
         # digits: its test split; a folder: the calibration images themselves (agreement
         # only, unless they sit in class folders), better than no measurement at all
-        evaluate = calib
-    if evaluate is not None:
-        measure(result, evaluate, pre, meta.labels, eval_images)
-        result.eval_source = str(evaluate) + (" test split" if str(evaluate) == "digits"
-                                              else "")
+        eval_data = calib
+    if eval_data is not None:
+        measure(result, eval_data, pre, meta.labels, eval_images)
+        result.eval_source = str(eval_data) + (" test split" if str(eval_data) == "digits"
+                                               else "")
     return result
 
 
-def measure(result: QuantizeResult, evaluate: str | os.PathLike, pre: Any,
+def measure(result: QuantizeResult, eval_data: str | os.PathLike, pre: Any,
             labels: list[str] | None, limit: int | None = None) -> QuantizeResult:
-    """Top-1 of fp32 and int8 (ONNX Runtime) and their top-1 agreement, into `result`."""
-    x, y = labelled_arrays(evaluate, pre, split="test", limit=limit, labels=labels)
+    """Top-1 of fp32 and int8 (ONNX Runtime) on `eval_data` ("digits": its test split, or a
+    folder) and their top-1 agreement, into `result` and the int8 file's metadata."""
+    x, y = labelled_arrays(eval_data, pre, split="test", limit=limit, labels=labels)
     fp = onnx_logits(result.float_path, x).argmax(1)
     q = onnx_logits(result.int8_path, x).argmax(1)
     result.eval_images = len(x)
@@ -290,7 +292,7 @@ def _record_accuracy(result: QuantizeResult) -> None:
     """Write the measured numbers into the int8 file's metadata (`accuracy` key)."""
     import json
 
-    from mobilenetv2.export.onnx import require
+    from mobilenetv2.runtime.onnx_meta import set_onnx_metadata
 
     onnx = require("onnx", "int8 quantization")
     q = onnx.load(str(result.int8_path))
@@ -299,10 +301,7 @@ def _record_accuracy(result: QuantizeResult) -> None:
         **{f"top1_{k}": v for k, v in result.accuracy.items()},
         "top1_agreement_with_fp32": result.agreement, "eval_images": result.eval_images,
         "method": result.method})
-    del q.metadata_props[:]
-    for key, value in props.items():
-        entry = q.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(q, props)
     onnx.save(q, str(result.int8_path))
 
 
@@ -310,7 +309,7 @@ def read_accuracy(path: str | os.PathLike) -> dict[str, Any]:
     """The accuracy recorded in an int8 ONNX file by `quantize_ptq` / `quantize_qat`."""
     import json
 
-    from mobilenetv2.export.onnx import onnx_metadata
+    from mobilenetv2.runtime.onnx_meta import onnx_metadata
 
     return json.loads(onnx_metadata(path).get("accuracy", "{}") or "{}")
 

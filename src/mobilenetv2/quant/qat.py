@@ -36,8 +36,16 @@ from torch import nn
 
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.layers import ConvBNAct, ResidualAdd
+from mobilenetv2.quant.ptq import (
+    QuantizeResult,
+    fp32_int8_paths,
+    labelled_arrays,
+    measure,
+    quantize_onnx,
+)
 
-__all__ = ["ActFakeQuant", "QATConvBNAct", "prepare_qat", "quantize_qat", "strip_qat"]
+__all__ = ["ActFakeQuant", "QATConvBNAct", "prepare_qat", "quantize_qat", "set_qat_state",
+           "strip_qat"]
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +185,10 @@ def quantize_qat(
     batch_size: int = 32,
     calib_images: int = 256,
     train_images: int | None = None,
-    evaluate: str | os.PathLike | None = None,
+    eval_data: str | os.PathLike | None = None,
     progress: bool = True,
     seed: int = 0,
-) -> Any:
+) -> QuantizeResult:
     """Fine-tune `model` with fake quantization, then export QDQ int8 (see module doc).
 
     Args:
@@ -194,22 +202,22 @@ def quantize_qat(
         freeze_observers_after: Epochs after which activation ranges are frozen.
         lr: AdamW learning rate (fine-tuning: small).
         train_images: Fine-tune on at most this many images (spread over the set).
-        evaluate: Where fp32/int8 top-1 are measured (default digits test when training on
+        eval_data: Where fp32/int8 top-1 are measured (default digits test when training on
             digits).
 
     Returns:
-        A `quant.ptq.QuantizeResult` with method "qat".
+        A `QuantizeResult` with method "qat".
     """
     from tqdm import tqdm
 
-    from mobilenetv2.quant.ptq import labelled_arrays, measure, quantize_onnx
-    from mobilenetv2.weights.format import WeightsMeta
+    from mobilenetv2.export.onnx import export_onnx
+    from mobilenetv2.weights.format import meta_or_default
 
     for name, value in (("epochs", epochs), ("freeze_bn_after", freeze_bn_after),
                         ("freeze_observers_after", freeze_observers_after)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    meta = getattr(model, "meta", None) or WeightsMeta(config=model.config)
+    meta = meta_or_default(model)
     x, y = labelled_arrays(data, meta.preprocessing, split="train", labels=meta.labels,
                             limit=train_images)
     if y is None:
@@ -240,17 +248,13 @@ def quantize_qat(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     trained = strip_qat(qat, model.config)
     trained.meta = meta
-    from mobilenetv2.export.onnx import export_onnx
-    from mobilenetv2.quant.ptq import QuantizeResult, _default_paths
-
-    float_path, int8_path = _default_paths(out)
+    float_path, int8_path = fp32_int8_paths(out)
     export_onnx(trained, float_path, input_size=meta.preprocessing.crop)
     calib = x[np.linspace(0, len(x) - 1, min(calib_images, len(x))).astype(int)]
     quantize_onnx(float_path, int8_path, calib)
     result = QuantizeResult(float_path, int8_path, "qat", len(calib))
-    if evaluate is None and str(data) == "digits":
-        evaluate = "digits"
-    if evaluate is not None:
-        measure(result, evaluate, meta.preprocessing, meta.labels)
-    result.trained_model = trained
+    if eval_data is None and str(data) == "digits":
+        eval_data = "digits"
+    if eval_data is not None:
+        measure(result, eval_data, meta.preprocessing, meta.labels)
     return result

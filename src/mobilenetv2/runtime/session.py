@@ -1,25 +1,24 @@
-"""`InferenceSession`: one call, the fastest correct CPU backend for a model and a precision.
+"""`InferenceSession`: logits for image batches on the fastest correct backend it was given.
 
-Backends: `torch` (BN folded, channels_last, oneDNN; fp32 and bf16), `onnxruntime` (fp32 and
-int8 QDQ) and `openvino` (fp32, bf16 and int8 QDQ). `backend="auto"` takes the first
-installed backend of `AUTO_ORDER[precision]` (fp32: ONNX Runtime, OpenVINO, PyTorch; bf16
-and int8: OpenVINO first), then times each new input shape once on it and the next installed
-backend and keeps the faster: on this project's CPU (AVX-512 VNNI/BF16, docs/BENCHMARKS.md)
-the fp32 winner between ONNX Runtime and OpenVINO changed from run to run.
+A session runs what it is handed and makes nothing: a PyTorch model (runs on the `torch`
+backend), an ONNX file (ONNX Runtime, OpenVINO), or both, a model and its ONNX export.
+Making the ONNX file a backend needs (fp32 export, int8 quantization with calibration) is
+`mobilenetv2.deploy.open_session`'s job, a layer above.
 
-Precision is what it says. OpenVINO silently runs "fp32" models in bf16 on CPUs with bf16
-units unless `INFERENCE_PRECISION_HINT` is `f32`, so the hint is always set, and the
-compiled model's reported precision is checked against the request. A backend that cannot
-run a precision (ONNX Runtime has no bf16 CPU kernels, PyTorch no portable int8 path)
-raises one clear error instead of silently running something else.
+`backend="auto"` starts on the first installed backend of `AUTO_ORDER[precision]` that can
+run the sources given, then times each new input shape once on it and on the next such
+backend and keeps the faster (`race`): on this project's CPU (AVX-512 VNNI/BF16,
+docs/BENCHMARKS.md) the fp32 winner between ONNX Runtime and OpenVINO changed from run to
+run, at batch 1 too (ONNX Runtime 2.9 vs OpenVINO 3.6 ms in one run, 3.0 vs 2.2 ms in
+another). Backends, their precisions and the precision rules: `runtime.backends`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,61 +27,22 @@ import torch
 from torch import nn
 
 from mobilenetv2.errors import UserError
+from mobilenetv2.runtime.backends import (
+    AUTO_ORDER,
+    BACKENDS,
+    PRECISIONS,
+    Runner,
+    available_backends,
+    backend_installed,
+)
 
-__all__ = [
-    "AUTO_ORDER",
-    "BACKENDS",
-    "PRECISIONS",
-    "InferenceSession",
-    "available_backends",
-    "backend_installed",
-    "cpu_has_bf16",
-]
+__all__ = ["INT8_NEEDS_A_QUANTIZED_MODEL", "InferenceSession", "choose_backends", "race"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
-SUPPORTED = {
-    "torch": ("fp32", "bf16"),
-    "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-}
-AUTO_ORDER = {
-    "fp32": ("onnxruntime", "openvino", "torch"),
-    "bf16": ("openvino", "torch"),
-    "int8": ("openvino", "onnxruntime"),
-}
-# Every new input shape, batch 1 included, is timed once on the two leading backends: which
-# of ONNX Runtime and OpenVINO wins fp32 changed between runs on the same CPU (batch 1:
-# ONNX Runtime 2.9 vs OpenVINO 3.6 ms in one run, 3.0 vs 2.2 ms in another; docs/BENCHMARKS.md).
-TUNE_MIN_BATCH = 1
-_MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-
-
-def backend_installed(name: str) -> bool:
-    """True when the backend's package imports."""
-    import importlib
-
-    try:
-        importlib.import_module(_MODULE[name])
-    except ImportError:
-        return False
-    return True
-
-
-def available_backends() -> list[str]:
-    return [b for b in BACKENDS if backend_installed(b)]
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic (AVX-512 BF16 or AMX); without it bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+INT8_NEEDS_A_QUANTIZED_MODEL = (
+    "int8 needs a quantized model: pass a .int8.onnx from `mobilenetv2 quantize`, or "
+    "calibration images (calib=...)")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -90,25 +50,90 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool) -> list[str]:
+    """The backend a session starts on, then (for "auto") the one it races it against.
+
+    Args:
+        backend: "auto" or a name of `BACKENDS`.
+        precision: One of `PRECISIONS`.
+        module: A PyTorch model is available (the `torch` backend can run).
+        onnx: An ONNX file in this precision is available (the ONNX backends can run).
+
+    Raises:
+        UserError: The backend cannot run the precision or the sources, or is not installed.
+    """
+    _check_choice("backend", backend, ("auto", *BACKENDS))
+    _check_choice("precision", precision, PRECISIONS)
+    candidates = AUTO_ORDER[precision] if backend == "auto" else (backend,)
+    if not module:
+        candidates = tuple(b for b in candidates if BACKENDS[b].runs != "module")
+        if not candidates:
+            raise UserError("the torch backend runs our .safetensors weights, not .onnx "
+                            "files; use --backend onnxruntime or openvino")
+    if backend != "auto":
+        if precision not in BACKENDS[backend].precisions:
+            hint = ", ".join(b for b in BACKENDS if precision in BACKENDS[b].precisions)
+            raise UserError(f"backend {backend} cannot run {precision} "
+                            f"(backends for {precision}: {hint})")
+        if not backend_installed(backend):
+            raise UserError(f"backend {backend} is not installed (pip install "
+                            f"{BACKENDS[backend].package}); installed: "
+                            f"{', '.join(available_backends())}")
+    runnable = [b for b in candidates if BACKENDS[b].runs != "onnx" or onnx]
+    if not runnable:
+        if precision == "int8":
+            raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
+        raise UserError(f"backend {backend} runs ONNX files: pass one (`mobilenetv2 "
+                        f"export`), or open the session with mobilenetv2.deploy.open_session, "
+                        f"which exports the model")
+    if backend != "auto":
+        return [backend]
+    installed = [b for b in runnable if backend_installed(b)]
+    if not installed:
+        raise UserError(f"no installed backend runs {precision} (tried "
+                        f"{', '.join(candidates)}; pip install "
+                        f"{BACKENDS[candidates[0]].package})")
+    return installed[:2]
+
+
+def race(
+    runners: Mapping[str, Runner], x: np.ndarray, *, repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[str, dict[str, float]]:
+    """The fastest of `runners` on `x`: one warm-up run each (OpenVINO compiles there), then
+    `repeats` interleaved timed runs; returns the winner and each runner's best time."""
+    for run in runners.values():
+        run(x)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = clock()
+            run(x)
+            best[name] = min(best.get(name, float("inf")), clock() - t0)
+    return min(best, key=best.get), best
+
+
 class InferenceSession:
     """Logits for preprocessed image batches on the fastest correct backend.
 
     `InferenceSession("model.safetensors")`, `InferenceSession(model, precision="bf16")`,
     `InferenceSession("model.int8.onnx")`; then `session(batch)` with a float32 NCHW array
-    or tensor gives float32 logits as a NumPy array.
+    or tensor gives float32 logits as a NumPy array. For a model on the ONNX backends (the
+    default fp32 path, int8 from float weights) use `mobilenetv2.deploy.open_session`,
+    which exports and quantizes what the session then runs.
 
     Args:
         model: An `nn.Module` (MobileNetV2), a `--weights` spec (resolved by
             `mobilenetv2.weights.load_weights`) or a `.onnx` file (ours carry their
-            preprocessing, labels and precision in `metadata_props`).
-        backend: "auto", "torch", "onnxruntime" or "openvino".
-        precision: "fp32", "bf16" or "int8". An int8 `.onnx` file implies int8; int8 from a
-            float model needs `calib` (images to calibrate on, see `quant.quantize_ptq`).
+            preprocessing, labels and precision in `metadata_props`; the file decides
+            between int8 and float).
+        backend: "auto" or a name of `runtime.backends.BACKENDS`.
+        precision: "fp32", "bf16" or "int8".
         threads: Intra-op threads (default: the backend's, i.e. all usable cores). The
             torch backend applies it process-wide (`torch.set_num_threads`).
-        calib: Calibration source for int8 from a float model ("digits", a folder, an
-            array).
-        input_size: Example input side for exports (default: the weights' crop).
+        onnx_file: With a module: its ONNX export in `precision` (float for fp32 and bf16,
+            QDQ for int8), so that the ONNX backends can run it too.
+        cleanup: Called by `close()` (e.g. removing the folder `onnx_file` lives in).
     """
 
     def __init__(
@@ -117,198 +142,71 @@ class InferenceSession:
         backend: str = "auto",
         precision: str = "fp32",
         threads: int | None = None,
-        calib: Any = None,
-        input_size: int | None = None,
+        *,
+        onnx_file: str | os.PathLike | None = None,
+        cleanup: Callable[[], None] | None = None,
     ) -> None:
-        _check_choice("backend", backend, ("auto",) + BACKENDS)
+        _check_choice("backend", backend, ("auto", *BACKENDS))
         _check_choice("precision", precision, PRECISIONS)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         self.threads = threads
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._cleanup = cleanup
         self.module: nn.Module | None = None
         self.onnx_path: Path | None = None
         self.meta: Any = None
         self.metadata: dict[str, str] = {}
+        # the timer `auto` races backends with (a test replaces it with a fake clock)
+        self.clock: Callable[[], float] = time.perf_counter
         if isinstance(model, nn.Module):
             self.module = model.eval()
-            self.meta = getattr(model, "meta", None)
+            self.meta = model.meta
+            if onnx_file is not None:
+                self.onnx_path = _existing(onnx_file)
         elif str(model).lower().endswith(".onnx"):
-            from mobilenetv2.export.onnx import onnx_metadata
-
-            self.onnx_path = Path(model)
-            if not self.onnx_path.is_file():
-                raise FileNotFoundError(2, "No such file", str(self.onnx_path))
-            self.metadata = onnx_metadata(self.onnx_path)
-            self.meta = _meta_from_props(self.metadata)
-            file_precision = self.metadata.get("precision") or (
-                "int8" if _has_qdq(self.onnx_path) else "fp32")
-            if file_precision == "int8" and precision == "fp32":
-                precision = "int8"  # the file decides; never report int8 as fp32
-            elif file_precision == "int8" and precision != "int8":
-                raise UserError(f"{model} is an int8 model; precision {precision} "
-                                f"cannot run it (use --precision int8)")
+            precision = self._open_onnx(_existing(model), precision)
         else:
             from mobilenetv2.weights import load_weights
 
             self.module = load_weights(str(model)).eval()
-            self.meta = getattr(self.module, "meta", None)
+            self.meta = self.module.meta
         self.precision = precision
-        self.input_size = input_size or (self.meta.preprocessing.crop if self.meta else None)
-        self.backend = self._pick(backend)
-        self._calib = calib
-        self._run = getattr(self, f"_build_{self.backend}")()
-        # auto: another installed backend may be faster for some shapes (see
-        # TUNE_MIN_BATCH), so each new input shape is timed once on both.
-        others = [b for b in AUTO_ORDER[self.precision] if b != self.backend
-                  and backend_installed(b) and (b != "torch" or self.module is not None)]
-        self._alternates = others[:1] if backend == "auto" else []
-        self._runners: dict[str, Any] = {self.backend: self._run}
+        names = choose_backends(backend, precision, module=self.module is not None,
+                                onnx=self.onnx_path is not None)
+        self.backend = names[0]
+        self._alternates = names[1:]
+        self._run = self._build(self.backend)
+        self._runners: dict[str, Runner] = {self.backend: self._run}
         self.chosen: dict[tuple[int, ...], str] = {}
         log.debug("InferenceSession: %s", self.describe())
 
-    # ----------------------------------------------------------------- selection
-    def _pick(self, backend: str) -> str:
-        candidates = AUTO_ORDER[self.precision] if backend == "auto" else (backend,)
-        if self.onnx_path is not None:
-            candidates = tuple(b for b in candidates if b != "torch")
-            if not candidates:
-                raise UserError("the torch backend runs our .safetensors weights, not .onnx "
-                                "files; use --backend onnxruntime or openvino")
-        if backend != "auto":
-            if self.precision not in SUPPORTED[backend]:
-                hint = ", ".join(b for b in BACKENDS if self.precision in SUPPORTED[b])
-                raise UserError(f"backend {backend} cannot run {self.precision} "
-                                f"(backends for {self.precision}: {hint})")
-            if not backend_installed(backend):
-                raise UserError(f"backend {backend} is not installed (pip install "
-                                f"{_MODULE[backend]}); installed: "
-                                f"{', '.join(available_backends())}")
-            return backend
-        for name in candidates:
-            if backend_installed(name):
-                return name
-        raise UserError(f"no installed backend runs {self.precision} (tried "
-                        f"{', '.join(candidates)}; pip install {_MODULE[candidates[0]]})")
+    def _open_onnx(self, path: Path, precision: str) -> str:
+        """Read the file's metadata; returns the precision it runs in."""
+        from mobilenetv2.runtime.onnx_meta import onnx_metadata, onnx_precision, onnx_weights_meta
+
+        self.onnx_path = path
+        self.metadata = onnx_metadata(path)
+        self.meta = onnx_weights_meta(self.metadata)
+        file_precision = onnx_precision(path, self.metadata)
+        if file_precision == "int8" and precision == "fp32":
+            return "int8"  # the file decides; never report int8 as fp32
+        if file_precision == "int8" and precision != "int8":
+            raise UserError(f"{path} is an int8 model; precision {precision} "
+                            f"cannot run it (use --precision int8)")
+        if file_precision != "int8" and precision == "int8":
+            raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
+        return precision
+
+    def _build(self, name: str) -> Runner:
+        spec = BACKENDS[name]
+        source = self.module if spec.runs == "module" else self.onnx_path
+        return spec.build(source, self.precision, self.threads)
 
     def describe(self) -> str:
         threads = self.threads if self.threads is not None else "default"
         tuned = "".join(f"; batch {s[0]}: {b}" for s, b in self.chosen.items()
                         if b != self.backend)
         return f"{self.backend} {self.precision} (threads: {threads}{tuned})"
-
-    # ----------------------------------------------------------------- artifacts
-    def _workdir(self) -> Path:
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="mobilenetv2-")
-        return Path(self._tmp.name)
-
-    def _onnx(self) -> Path:
-        """The ONNX file this session runs: given, or exported (and verified) once."""
-        if getattr(self, "_artifact", None) is not None:
-            return self._artifact
-        self._artifact = self._make_onnx()
-        return self._artifact
-
-    def _make_onnx(self) -> Path:
-        if self.onnx_path is not None and not (
-                self.precision == "int8" and self.metadata.get("precision") != "int8"):
-            return self.onnx_path
-        from mobilenetv2.export.onnx import export_onnx
-
-        work = self._workdir()
-        if self.onnx_path is None:
-            float_path = work / "model.fp32.onnx"
-            export_onnx(self.module, float_path, input_size=self.input_size)
-        else:
-            float_path = self.onnx_path
-        if self.precision != "int8":
-            self.onnx_path = float_path
-            return float_path
-        if self._calib is None:
-            raise UserError("int8 needs a quantized model: pass a .int8.onnx from "
-                            "`mobilenetv2 quantize`, or calibration images (calib=...)")
-        from mobilenetv2.data.preprocessing import Preprocessing
-        from mobilenetv2.quant.ptq import calibration_arrays, quantize_onnx
-
-        pre = self.meta.preprocessing if self.meta else Preprocessing()
-        data = calibration_arrays(self._calib, pre)
-        self.onnx_path = quantize_onnx(float_path, work / "model.int8.onnx", data)
-        return self.onnx_path
-
-    # ----------------------------------------------------------------- backends
-    def _build_torch(self):
-        from mobilenetv2.model.fuse import fuse
-
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        net = fuse(self.module)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        net = net.to(dtype)
-
-        def run(x: np.ndarray) -> np.ndarray:
-            t = torch.from_numpy(x).to(dtype).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                return net(t).float().numpy()
-
-        self.torch_module = net
-        return run
-
-    def _build_onnxruntime(self):
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(3)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads is not None:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(self._onnx()), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return sess.run(None, {name: x})[0]
-
-        return run
-
-    def _build_openvino(self):
-        import openvino as ov
-
-        core = ov.Core()
-        if self.precision == "bf16" and "BF16" not in core.get_property(
-                "CPU", "OPTIMIZATION_CAPABILITIES"):
-            raise UserError("this CPU has no bf16 support in OpenVINO; use --precision fp32")
-        # f32 for fp32 *and* int8: otherwise the non-quantized ops of an int8 model run bf16.
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        if self.threads is not None:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        model = core.read_model(str(self._onnx()))
-        compiled: dict[tuple[int, ...], Any] = {}
-
-        def compile_for(shape: tuple[int, ...]):
-            # One static-shape compilation per input shape: OpenVINO's CPU plugin runs
-            # static shapes faster than a dynamic batch.
-            if shape not in compiled:
-                if len(compiled) >= 8:
-                    compiled.clear()
-                m = model.clone()
-                m.reshape({m.inputs[0].any_name: ov.PartialShape(list(shape))})
-                cm = core.compile_model(m, "CPU", config)
-                got = str(cm.get_property("INFERENCE_PRECISION_HINT")).lower()
-                want = ("bf16", "bfloat16") if self.precision == "bf16" else ("f32", "float32")
-                if not any(w in got for w in want):
-                    raise RuntimeError(f"OpenVINO compiled {got}, not {want[0]}")
-                compiled[shape] = cm.create_infer_request()
-            return compiled[shape]
-
-        def run(x: np.ndarray) -> np.ndarray:
-            req = compile_for(tuple(x.shape))
-            return req.infer({0: x})[0].copy()
-
-        return run
 
     # ----------------------------------------------------------------- use
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -318,30 +216,20 @@ class InferenceSession:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (N, 3, H, W), got {x.shape}")
-        if self._alternates and len(x) >= TUNE_MIN_BATCH:
+        if self._alternates:
             return self._runners[self._choose(x)](x)
         return self._run(x)
 
     def _choose(self, x: np.ndarray) -> str:
-        """The faster backend for this input shape, timed once (interleaved, best of 3)."""
-        import time
-
+        """The faster backend for this input shape, raced once."""
         shape = tuple(x.shape)
         if shape not in self.chosen:
             for name in self._alternates:
                 if name not in self._runners:
-                    self._runners[name] = getattr(self, f"_build_{name}")()
-            best: dict[str, float] = {}
-            for run in self._runners.values():  # warm-up (OpenVINO compiles here)
-                run(x)
-            for _ in range(3):
-                for name, run in self._runners.items():
-                    t0 = time.perf_counter()
-                    run(x)
-                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-            self.chosen[shape] = min(best, key=best.get)
+                    self._runners[name] = self._build(name)
+            self.chosen[shape], best = race(self._runners, x, clock=self.clock)
             log.debug("batch shape %s: %s (%s)", shape, self.chosen[shape], best)
-            # a losing runtime is dropped (it is rebuilt if another shape is tuned): its
+            # a losing runtime is dropped (it is rebuilt if another shape is raced): its
             # idle thread pool would otherwise compete with the winner's on a small CPU
             used = {self.backend, *self.chosen.values()}
             for name in [n for n in self._runners if n not in used]:
@@ -350,8 +238,8 @@ class InferenceSession:
 
     def as_module(self, model: nn.Module | None = None) -> nn.Module:
         """This session as an `nn.Module` (CPU tensors in, logits out) for code written
-        against PyTorch modules, such as `mobilenetv2.evaluate`; `meta` and `num_classes`
-        come from `model` (default: the session's own module)."""
+        against PyTorch modules, such as `mobilenetv2.evaluate` and `predict`'s runner;
+        `meta` and `num_classes` come from `model` (default: the session's own module)."""
         return _SessionModule(self, model if model is not None else self.module)
 
     @property
@@ -366,9 +254,9 @@ class InferenceSession:
         return eval_transform(self.meta.preprocessing if self.meta else Preprocessing())
 
     def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
 
     def __enter__(self) -> InferenceSession:
         return self
@@ -378,32 +266,23 @@ class InferenceSession:
 
 
 class _SessionModule(nn.Module):
+    """The one adapter from a session (NumPy) to PyTorch code (tensors)."""
+
     def __init__(self, session: InferenceSession, model: nn.Module | None) -> None:
         super().__init__()
         self.session = session
-        self.meta = getattr(model, "meta", None) or session.meta
+        self.meta = (model.meta if model is not None else None) or session.meta
         if model is not None and hasattr(model, "num_classes"):
             self.num_classes = model.num_classes
         elif self.meta is not None:
             self.num_classes = self.meta.config.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session(x.detach().cpu().float().contiguous().numpy()))
+        return torch.from_numpy(self.session(x))
 
 
-def _meta_from_props(props: dict[str, str]) -> Any:
-    from mobilenetv2.weights.format import WeightsMeta
-
-    if "config" not in props:
-        return None
-    try:
-        return WeightsMeta.from_metadata(props)
-    except UserError:
-        return None
-
-
-def _has_qdq(path: Path) -> bool:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+def _existing(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(2, "No such file", str(p))
+    return p

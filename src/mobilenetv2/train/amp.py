@@ -8,8 +8,8 @@ The rule for `amp="auto"` (measured with `bench/train_throughput.py`, docs/BENCH
 
 - CUDA: bf16 autocast where the GPU supports it (Ampere and later), else fp16 with a
   GradScaler.
-- CPU: bf16 autocast only when the CPU has native bf16 dot products (oneDNN reports bf16
-  support: AVX512-BF16 or AMX) *and* the network does at least `CPU_BF16_MIN_MADDS`
+- CPU: bf16 autocast only when the CPU has native bf16 dot products (`runtime.cpu`: the
+  ISA flags AVX512-BF16 or AMX) *and* the network does at least `CPU_BF16_MIN_MADDS`
   multiply-adds per image (the exact count of `mobilenetv2.profile`). Autocast pays a cast
   around every convolution and BatchNorm; only enough arithmetic per image repays it.
   Measured on 2 Zen cores, training step speed of bf16 autocast over fp32 (both
@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from mobilenetv2.config import ModelConfig, TrainConfig
+from mobilenetv2.runtime.cpu import cpu_has_bf16
 
 __all__ = ["CPU_BF16_MIN_MADDS", "choose_amp", "choose_memory_format", "cpu_has_bf16",
            "resolve_device"]
@@ -51,14 +52,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic on this CPU, as oneDNN sees it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def choose_amp(

@@ -1,0 +1,180 @@
+"""What the inference benchmark times: the model, and every path that runs it.
+
+torchvision's eager MobileNetV2 (the baseline), our `InferenceSession` pinned to each
+backend and precision, `backend="auto"` per precision, and ONNX Runtime / OpenVINO run
+directly with their plain APIs on the very ONNX files our sessions run (the "peers").
+
+Without `--weights` the model has random weights whose BatchNorm statistics are
+re-estimated (`random_model`): with the raw initialisation the activations collapse to
+~1e-9, which would make int8 calibration and any output check meaningless.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobilenetv2.config import ModelConfig
+from mobilenetv2.errors import UserError
+from mobilenetv2.model import MobileNetV2
+from mobilenetv2.runtime.backends import backend_installed
+from mobilenetv2.runtime.cpu import cpu_has_bf16
+from mobilenetv2.runtime.session import InferenceSession
+
+__all__ = ["Variant", "auto_variant", "benchmark_model", "build_variants", "random_model",
+           "versions"]
+
+log = logging.getLogger(__name__)
+
+# BatchNorm re-estimation for random weights: 2 batches of 8 noise images normalise every
+# layer (model.fuse.reestimate_bn); more changes nothing a benchmark or a test can see.
+BN_STEPS, BN_BATCH = 2, 8
+
+
+@dataclass
+class Variant:
+    """One timed path: `kind` is "baseline", "ours", "auto" or "peer"."""
+
+    name: str
+    kind: str
+    backend: str
+    precision: str
+    run: Callable[[np.ndarray], Any]
+
+
+def random_model(config: ModelConfig, size: int | None = None,
+                 labels: Sequence[str] | None = None) -> MobileNetV2:
+    """A MobileNetV2 with random weights and re-estimated BatchNorm statistics, in eval mode,
+    with weights metadata (preprocessing: resize and crop `size`, default the config's
+    resolution) as if loaded from a file."""
+    from mobilenetv2.data.preprocessing import Preprocessing
+    from mobilenetv2.model.fuse import reestimate_bn
+    from mobilenetv2.weights.format import WeightsMeta
+
+    size = size or config.resolution
+    model = MobileNetV2(config)
+    reestimate_bn(model, steps=BN_STEPS, batch_size=BN_BATCH, size=size)
+    model.meta = WeightsMeta(config=config, preprocessing=Preprocessing(resize=size, crop=size),
+                             labels=list(labels) if labels is not None else None)
+    return model
+
+
+def benchmark_model(weights: str | None, width: float, size: int) -> tuple[MobileNetV2, str]:
+    """The model to time and how the report describes it."""
+    if weights is not None:
+        from mobilenetv2.weights import load_weights
+
+        return load_weights(weights).eval(), f"weights {weights}"
+    model = random_model(ModelConfig(width=width, resolution=max(size, 32)), size)
+    return model, f"width {width}, random weights with re-estimated BatchNorm statistics"
+
+
+def versions() -> dict[str, str]:
+    """Python, torch, torchvision and the installed runtimes' versions."""
+    import torchvision
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__}
+    for name in ("onnxruntime", "openvino"):
+        if backend_installed(name):
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", None) or mod.get_version()
+    return out
+
+
+def _torchvision(width: float, size: int) -> Callable[[np.ndarray], Any]:
+    import torchvision
+
+    from mobilenetv2.model.fuse import reestimate_bn
+
+    tv = torchvision.models.mobilenet_v2(width_mult=width)
+    reestimate_bn(tv, steps=BN_STEPS, batch_size=BN_BATCH, size=size)
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return tv(torch.from_numpy(x))
+
+    return run
+
+
+def _peer(backend: str, path: Path, precision: str, threads: int) -> Callable[[np.ndarray], Any]:
+    """ONNX Runtime or OpenVINO through their plain APIs (`plain=True`)."""
+    from mobilenetv2.runtime.backends import onnxruntime_session, openvino_compile
+
+    if backend == "onnxruntime":
+        sess = onnxruntime_session(path, threads, plain=True)
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})
+    req = openvino_compile(path, precision, threads, plain=True).create_infer_request()
+    return lambda x: req.infer({0: x})
+
+
+def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
+                   work: Path) -> list[Variant]:
+    """Every path to time; the fp32 and int8 ONNX files go to `work`.
+
+    Args:
+        model: Our model (exported and quantized here).
+        size: Input side.
+        width: Width of the torchvision baseline.
+        threads: Intra-op threads for every runtime.
+    """
+    from mobilenetv2.export.onnx import export_onnx
+    from mobilenetv2.quant.ptq import quantize_onnx
+
+    gen = torch.Generator().manual_seed(0)
+    fp32 = export_onnx(model, work / "model.fp32.onnx", input_size=size).path
+    have_ort, have_ov = backend_installed("onnxruntime"), backend_installed("openvino")
+    int8 = None
+    if have_ort:
+        calib = torch.randn(32, 3, size, size, generator=gen).numpy()
+        int8 = quantize_onnx(fp32, work / "model.int8.onnx", calib)
+    files = {"fp32": fp32, "bf16": fp32, "int8": int8}
+    bf16 = cpu_has_bf16()
+    precisions = [p for p in ("fp32", "bf16", "int8") if (p != "bf16" or bf16)
+                  and files[p] is not None]
+    variants = [Variant("torchvision eager", "baseline", "torch", "fp32",
+                        _torchvision(width, size))]
+    plan = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+            ("openvino", "bf16"), ("onnxruntime", "int8"), ("openvino", "int8")]
+    for backend, precision in plan:
+        if precision not in precisions or not backend_installed(backend):
+            continue
+        if backend == "torch":
+            sess = InferenceSession(model, backend=backend, precision=precision,
+                                    threads=threads)
+        else:
+            sess = InferenceSession(files[precision], backend=backend, precision=precision,
+                                    threads=threads)
+        variants.append(Variant(f"ours {backend} {precision}", "ours", backend, precision,
+                                sess))
+    for precision in precisions:
+        try:
+            if precision == "int8":
+                sess = InferenceSession(int8, precision=precision, threads=threads)
+            else:
+                sess = InferenceSession(model, precision=precision, threads=threads,
+                                        onnx_file=fp32)
+        except UserError as e:
+            log.warning("no auto path for %s: %s", precision, e)
+            continue
+        variants.append(Variant(f"ours auto {precision}", "auto", "auto", precision, sess))
+    for backend, have in (("onnxruntime", have_ort), ("openvino", have_ov)):
+        for precision in precisions:
+            if have and (backend, precision) != ("onnxruntime", "bf16"):
+                variants.append(Variant(f"{backend} direct {precision}", "peer", backend,
+                                        precision, _peer(backend, files[precision], precision,
+                                                         threads)))
+    return variants
+
+
+def auto_variant(variants: list[Variant], precision: str) -> Variant | None:
+    """The `InferenceSession(backend="auto")` variant for `precision`."""
+    return next((v for v in variants if v.kind == "auto" and v.precision == precision), None)

@@ -1,0 +1,225 @@
+"""The inference backends, and the only place that creates their sessions.
+
+One table, `BACKENDS`: a backend's name, the package it imports (which is also its pip
+name), the precisions it runs, whether it runs a PyTorch module or an ONNX file, and the
+factory that turns that source into a `Runner` (a float32 NCHW array in, float32 logits
+out). A new backend is one entry here. `AUTO_ORDER` is the order `backend="auto"` tries
+them in per precision (fp32: ONNX Runtime, OpenVINO, PyTorch; bf16 and int8: OpenVINO
+first, docs/BENCHMARKS.md).
+
+Precision is what it says. OpenVINO silently runs "fp32" models in bf16 on CPUs with bf16
+units unless `INFERENCE_PRECISION_HINT` is `f32`, so the hint is always set (f32 for int8
+too: otherwise the non-quantized ops of an int8 model run in bf16), and the compiled
+model's reported precision is checked against the request. ONNX Runtime has no bf16 CPU
+kernels and PyTorch no portable int8 path: `BACKENDS[name].precisions` says so, and the
+session raises one clear error for a combination that is not there.
+
+`onnxruntime_session` and `openvino_compile` are the two creators everything else uses too:
+export verification, int8 accuracy measurement and the benchmark's "direct" peers (which
+pass `plain=True`: the runtime's own defaults apart from threads and the precision hint).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenetv2._optional import require
+from mobilenetv2.errors import UserError
+
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "PRECISIONS",
+    "Backend",
+    "Runner",
+    "available_backends",
+    "backend_installed",
+    "onnx_runner",
+    "onnxruntime_session",
+    "openvino_compile",
+    "openvino_config",
+]
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+PRECISIONS = ("fp32", "bf16", "int8")
+# OpenVINO compiles one static-shape model per input shape (its CPU plugin runs static shapes
+# faster than a dynamic batch); this many are kept before the cache starts over.
+OPENVINO_SHAPES_KEPT = 8
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One inference backend.
+
+    Attributes:
+        name: What `--backend` takes.
+        package: The module imported to run it, also the name to `pip install`.
+        precisions: Numeric precisions it runs correctly.
+        runs: "module" (a PyTorch `nn.Module`) or "onnx" (an ONNX file).
+        build: `build(source, precision, threads) -> Runner`, `source` a module or a path.
+    """
+
+    name: str
+    package: str
+    precisions: tuple[str, ...]
+    runs: str
+    build: Callable[[Any, str, int | None], Runner]
+
+
+def backend_installed(name: str) -> bool:
+    """True when the backend's package imports."""
+    try:
+        importlib.import_module(BACKENDS[name].package)
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if backend_installed(b)]
+
+
+# ----------------------------------------------------------------------- ONNX Runtime
+def onnxruntime_session(
+    path: str | os.PathLike, threads: int | None = None, *, plain: bool = False,
+    purpose: str = "running an ONNX model",
+) -> Any:
+    """An `onnxruntime.InferenceSession` on the CPU provider.
+
+    Args:
+        threads: Intra-op threads (default: ONNX Runtime's, all usable cores).
+        plain: Only `threads` set (the benchmark's direct peer); else also all graph
+            optimizations and one inter-op thread, stated rather than left to defaults.
+        purpose: What needs ONNX Runtime, for the error when it is not installed.
+    """
+    ort = require("onnxruntime", purpose)
+    ort.set_default_logger_severity(3)
+    opts = ort.SessionOptions()
+    if not plain:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        if not plain:
+            opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime_runner(path: str | os.PathLike, precision: str, threads: int | None,
+                        purpose: str = "running an ONNX model") -> Runner:
+    sess = onnxruntime_session(path, threads, purpose=purpose)
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: x})[0]
+
+    return run
+
+
+# ----------------------------------------------------------------------- OpenVINO
+def openvino_config(precision: str, threads: int | None = None, *,
+                    latency: bool = True) -> dict[str, Any]:
+    """OpenVINO CPU compile options: the precision hint always set (module docstring)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16"
+                              else "f32"}
+    if latency:
+        config["PERFORMANCE_HINT"] = "LATENCY"
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+def openvino_compile(
+    model: str | os.PathLike | Any, precision: str = "fp32", threads: int | None = None, *,
+    plain: bool = False, core: Any = None,
+) -> Any:
+    """An OpenVINO `CompiledModel` on the CPU, in the precision asked for.
+
+    Args:
+        model: An ONNX file or an `ov.Model`.
+        plain: Precision hint and threads only (the benchmark's direct peer, the export
+            check); else also the latency performance hint.
+    """
+    ov = require("openvino", "running on OpenVINO")
+    core = core or ov.Core()
+    source = str(model) if isinstance(model, (str, os.PathLike)) else model
+    return core.compile_model(source, "CPU", openvino_config(precision, threads,
+                                                             latency=not plain))
+
+
+def _openvino_runner(path: str | os.PathLike, precision: str, threads: int | None) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise UserError("this CPU has no bf16 support in OpenVINO; use --precision fp32")
+    model = core.read_model(str(path))
+    want = ("bf16", "bfloat16") if precision == "bf16" else ("f32", "float32")
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def request_for(shape: tuple[int, ...]) -> Any:
+        if shape not in compiled:
+            if len(compiled) >= OPENVINO_SHAPES_KEPT:
+                compiled.clear()
+            m = model.clone()
+            m.reshape({m.inputs[0].any_name: ov.PartialShape(list(shape))})
+            cm = openvino_compile(m, precision, threads, core=core)
+            got = str(cm.get_property("INFERENCE_PRECISION_HINT")).lower()
+            if not any(w in got for w in want):
+                raise RuntimeError(f"OpenVINO compiled {got}, not {want[0]}")
+            compiled[shape] = cm.create_infer_request()
+        return compiled[shape]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return request_for(tuple(x.shape)).infer({0: x})[0].copy()
+
+    return run
+
+
+# ----------------------------------------------------------------------- PyTorch
+def _torch_runner(module: nn.Module, precision: str, threads: int | None) -> Runner:
+    """BN folded, channels_last (oneDNN's fastest layout), fp32 or bf16 weights."""
+    from mobilenetv2.model.fuse import fuse
+
+    if threads is not None:
+        torch.set_num_threads(threads)  # process-wide: torch has no per-model pool
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    net = fuse(module).to(dtype)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return net(t).float().numpy()
+
+    return run
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("torch", "torch", ("fp32", "bf16"), "module", _torch_runner),
+    Backend("onnxruntime", "onnxruntime", ("fp32", "int8"), "onnx", _onnxruntime_runner),
+    Backend("openvino", "openvino", ("fp32", "bf16", "int8"), "onnx", _openvino_runner),
+)}
+AUTO_ORDER = {
+    "fp32": ("onnxruntime", "openvino", "torch"),
+    "bf16": ("openvino", "torch"),
+    "int8": ("openvino", "onnxruntime"),
+}
+
+
+def onnx_runner(path: str | os.PathLike, purpose: str) -> Runner:
+    """A runner for an ONNX file in true fp32: ONNX Runtime, else OpenVINO (f32 hint)."""
+    if backend_installed("onnxruntime"):
+        return _onnxruntime_runner(path, "fp32", None, purpose)
+    if not backend_installed("openvino"):
+        require("onnxruntime", purpose)  # raises the one clear error
+    compiled = openvino_compile(path, "fp32", plain=True)
+    return lambda x: compiled({0: x})[0]
