@@ -139,13 +139,7 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed; unknown names raise `ValueError`."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(
-                f"unknown model option(s): {', '.join(unknown)}; "
-                f"known: {', '.join(f.name for f in fields(self))}"
-            )
-        return dataclasses.replace(self, **changes)
+        return _replace(self, changes, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -403,11 +397,12 @@ def _is_stages(text: str) -> bool:
     return head == "stages" and k.isdigit() and 0 <= int(k) <= 7
 
 
-def _replace(cfg: Any, changes: dict[str, Any]) -> Any:
+def _replace(cfg: Any, changes: dict[str, Any], what: str | None = None) -> Any:
+    """`dataclasses.replace` that names unknown fields (`what`: how the message calls them)."""
     unknown = sorted(set(changes) - {f.name for f in fields(cfg)})
     if unknown:
         raise ValueError(
-            f"unknown {type(cfg).__name__} option(s): {', '.join(unknown)}; "
+            f"unknown {what or type(cfg).__name__} option(s): {', '.join(unknown)}; "
             f"known: {', '.join(f.name for f in fields(cfg))}"
         )
     return dataclasses.replace(cfg, **changes)
