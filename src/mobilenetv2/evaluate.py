@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mobilenetv2.data.datasets import labelled_dataset
+from mobilenetv2.data.datasets import FolderDataset, labelled_dataset
 from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.errors import UserError
@@ -148,6 +148,8 @@ def run_eval(model: nn.Module, data: str, out: str | os.PathLike | None = None,
     device = torch.device(device)
     loader = make_loader(ds, batch_size, train=False, seed=0, num_workers=num_workers)
     result = topk_metrics(model.to(device), loader, device, len(labels), progress=progress)
+    if isinstance(ds, FolderDataset):  # files its folder scan left out
+        result.skipped[:0] = ds.unreadable
     report = EvalReport(result, labels, None, None)
     if out is not None:
         report.json_path, report.png_path = write_eval_report(report, out)

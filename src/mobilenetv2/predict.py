@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenetv2.data.images import ImageError, image_files, open_rgb
+from mobilenetv2.data.images import ImageError, image_files, open_image
 from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.weights.format import meta_or_default
 
@@ -133,7 +133,7 @@ def predict(
             tensors, kept = [], []
             for i in chunk:
                 try:
-                    tensors.append(transform(open_rgb(files[i])))
+                    tensors.append(open_image(files[i], transform))
                     kept.append(i)
                 except ImageError as e:
                     results[i] = Prediction(str(files[i]), error=str(e))

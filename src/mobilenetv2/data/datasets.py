@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,13 @@ from torch.utils.data import Dataset
 
 from mobilenetv2.config import DataConfig
 from mobilenetv2.data.digits import DigitsDataset
-from mobilenetv2.data.images import IMAGE_SUFFIXES, ImageError, image_files, open_rgb
+from mobilenetv2.data.images import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    image_files,
+    open_image,
+    readable_header,
+)
 from mobilenetv2.errors import UserError
 
 __all__ = [
@@ -39,12 +45,19 @@ _WARNED: set[str] = set()
 
 
 def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
+                strict: bool = False, unreadable: list[str] | None = None,
                 ) -> tuple[list[str], list[tuple[str, int]]]:
     """Classes (sorted sub-folder names) and (path, class index) samples of an ImageFolder.
 
+    Every file's header is read (`data.images.readable_header`: format and size, no
+    decoding), so files that are not images, are empty, unreadable or too large are left out
+    of the samples (and appended to `unreadable`, or fatal with `strict`), and a class whose
+    every file is unreadable is found here, before training. A file truncated after a valid
+    header is only found when it is decoded, and is then skipped (`FolderDataset`).
+
     Raises:
         UserError: `root` is missing, has no class folders, only one class, or a class folder
-            without image files.
+            without readable image files.
     """
     root = Path(root)
     if not root.is_dir():
@@ -61,15 +74,33 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
         raise UserError(f"{root}: class folders {found} differ from the training classes "
                         f"{list(classes)}")
     samples: list[tuple[str, int]] = []
-    empty = []
+    empty, corrupt, bad = [], [], []
     for idx, name in enumerate(classes):
         files = [str(p) for p in image_files(root / name)]
+        good = []
+        for f in files:
+            try:
+                readable_header(f)
+                good.append(f)
+            except ImageError as e:
+                if strict:
+                    raise
+                log.warning("skipping unreadable image: %s", e)
+                bad.append(f)
         if not files:
             empty.append(name)
-        samples += [(f, idx) for f in files]
+        elif not good:
+            corrupt.append(name)
+        samples += [(f, idx) for f in good]
+    if unreadable is not None:
+        unreadable += bad
     if empty:
         raise UserError(f"{root}: empty class folder(s) with no image files: "
                         f"{', '.join(empty)} (extensions {', '.join(IMAGE_SUFFIXES)})")
+    if corrupt and len(corrupt) == len(classes):
+        raise UserError(f"{root}: no readable images ({len(bad)} files, all unreadable)")
+    if corrupt:
+        raise UserError(f"{root}: no readable images in class folder(s) {', '.join(corrupt)}")
     return list(classes), samples
 
 
@@ -77,8 +108,12 @@ class FolderDataset(Dataset):
     """(transformed image, label) for a list of files; unreadable files yield `SKIPPED`."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
-                 transform: Callable | None = None, strict: bool = False) -> None:
+                 transform: Callable | None = None, strict: bool = False,
+                 unreadable: Sequence[str] = ()) -> None:
         self.samples = list(samples)
+        # Files left out when the folder was scanned (`scan_folder`): reported with the files
+        # skipped while loading.
+        self.unreadable = list(unreadable)
         self.classes = list(classes)
         self.targets = [t for _, t in self.samples]
         self.transform = transform
@@ -90,7 +125,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, target = self.samples[i]
         try:
-            img = open_rgb(path)
+            return open_image(path, self.transform or (lambda img: img)), target
         except ImageError as e:
             if self.strict:
                 raise
@@ -98,7 +133,6 @@ class FolderDataset(Dataset):
                 _WARNED.add(path)
                 log.warning("skipping unreadable image: %s", e)
             return SKIPPED, path  # type: ignore[return-value]
-        return (self.transform(img) if self.transform else img), target
 
 
 @dataclass
@@ -110,6 +144,7 @@ class Splits:
     classes: list[str]
     source: str
     val_name: str
+    unreadable: list[str] = field(default_factory=list)  # left out by `scan_folder`
 
 
 def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable) -> Splits:
@@ -118,19 +153,21 @@ def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable) -> Spli
         return Splits(DigitsDataset("train", train_tf), DigitsDataset("test", eval_tf),
                       list(DigitsDataset.classes), "bundled digits (scikit-learn)", "test")
     root = _data_root(cfg.data)
+    bad_train: list[str] = []
+    bad_val: list[str] = []
     if _has_train_val(root):
-        classes, train = scan_folder(root / "train")
-        _, val = scan_folder(root / "val", classes)
+        classes, train = scan_folder(root / "train", None, cfg.strict_images, bad_train)
+        _, val = scan_folder(root / "val", classes, cfg.strict_images, bad_val)
         name = "val"
     else:
-        classes, samples = scan_folder(root)
+        classes, samples = scan_folder(root, None, cfg.strict_images, bad_train)
         train, val = _held_out(samples, len(classes), cfg.val_split, cfg.split_seed)
         if not val:
             raise UserError(f"{root}: too few images to hold out a validation split")
         name = f"held-out {cfg.val_split:.0%}"
-    return Splits(FolderDataset(train, classes, train_tf, cfg.strict_images),
-                  FolderDataset(val, classes, eval_tf, cfg.strict_images),
-                  classes, str(root), name)
+    return Splits(FolderDataset(train, classes, train_tf, cfg.strict_images, bad_train),
+                  FolderDataset(val, classes, eval_tf, cfg.strict_images, bad_val),
+                  classes, str(root), name, bad_train + bad_val)
 
 
 def labelled_dataset(data: str, transform: Callable, labels: Sequence[str] | None = None,
@@ -149,7 +186,8 @@ def labelled_dataset(data: str, transform: Callable, labels: Sequence[str] | Non
     root = _data_root(data)
     if _has_train_val(root):
         root = root / "val"  # a training root: evaluate its validation split
-    classes, samples = scan_folder(root)
+    unreadable: list[str] = []
+    classes, samples = scan_folder(root, unreadable=unreadable)
     if labels is not None:
         labels = list(labels)
         if sorted(classes) != sorted(labels):
@@ -162,7 +200,7 @@ def labelled_dataset(data: str, transform: Callable, labels: Sequence[str] | Non
         remap = {name: labels.index(name) for name in classes}
         samples = [(p, remap[classes[t]]) for p, t in samples]
         classes = labels
-    return FolderDataset(samples, classes, transform), classes
+    return FolderDataset(samples, classes, transform, unreadable=unreadable), classes
 
 
 def _data_root(data: str) -> Path:

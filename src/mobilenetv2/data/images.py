@@ -1,7 +1,14 @@
 """Images on disk: the one safe opener, the one suffix list and the one folder walker.
 
 `open_rgb` opens any image a user has as RGB: EXIF orientation, grayscale, RGBA, palette,
-CMYK and 16-bit images; a clear `ImageError` naming the file for anything that is not an image.
+CMYK and 16-bit images; a clear `ImageError` naming the file for anything that is not an image,
+cannot be read, or would take unbounded memory. Every image entry point (train, eval, predict,
+quantize calibration) goes through it (`open_image` adds the transform).
+
+Memory is bounded per image: a few-hundred-byte PNG can declare 40000x40000 pixels (6.4 GB
+decoded), and a 100000x3 strip resized to a 256 short side becomes 8.5 G pixels. `MAX_PIXELS`
+(2**27, about 134 M pixels: an 11.5k x 11.5k image, above the largest phone and DSLR photos
+of 100-110 MP) bounds both the decoded image and the image after the preprocessing resize.
 
 `image_files` is how every folder of images is read (`train` and `eval` class folders,
 `quantize --calib`, `predict DIR`), so all of them see the same files in the same folder:
@@ -20,15 +27,29 @@ CMYK and 16-bit images; a clear `ImageError` naming the file for anything that i
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mobilenetv2.errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "image_files", "open_rgb"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "ImageError",
+    "check_pixels",
+    "image_files",
+    "open_image",
+    "open_rgb",
+    "readable_header",
+]
+
+MAX_PIXELS = 1 << 27
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -47,19 +68,67 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     images are scaled to 8 bits from their full range.
     """
     p = Path(path)
-    try:
-        if p.stat().st_size == 0:
-            raise ImageError(f"{p}: empty file (0 bytes)")
-        with Image.open(p) as im:
+    with _errors(p):
+        with _open(p) as im:
             im.load()  # decode now: truncated files fail here, not later
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
+
+
+def open_image(path: str | os.PathLike, transform: Callable[[Image.Image], Any]) -> Any:
+    """`transform(open_rgb(path))`, with an `ImageError` from the transform (the resize bound
+    of `check_pixels`) named after the file too."""
+    img = open_rgb(path)
+    try:
+        return transform(img)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from e
+
+
+def readable_header(path: str | os.PathLike) -> None:
+    """Raise `ImageError` unless `path` opens as an image within `MAX_PIXELS`: reads the
+    header only (format and size), so a dataset can be checked before training without
+    decoding it; a file truncated after its header is only found when it is decoded."""
+    p = Path(path)
+    with _errors(p), _open(p):
+        pass
+
+
+def check_pixels(width: int, height: int, what: str = "image") -> None:
+    """Raise `ImageError` if a `width` x `height` image exceeds `MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{what} of {width}x{height} = {width * height:,} pixels exceeds the "
+                         f"limit of {MAX_PIXELS:,} pixels per image")
+
+
+def _open(p: Path) -> Image.Image:
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes)")
+    im = Image.open(p)
+    try:
+        check_pixels(*im.size, what=f"{p}: an image")
+    except ImageError:
+        im.close()
+        raise
+    return im
+
+
+@contextlib.contextmanager
+def _errors(p: Path) -> Iterator[None]:
+    """Every way reading an image fails, as one `ImageError` line naming the file."""
+    try:
+        yield
     except ImageError:
         raise
     except FileNotFoundError as e:
         raise ImageError(f"{p}: no such file") from e
     except IsADirectoryError as e:
         raise ImageError(f"{p}: is a directory") from e
+    except PermissionError as e:
+        raise ImageError(f"{p}: permission denied") from e
+    except Image.DecompressionBombError as e:
+        # PIL's own guard (2 x Image.MAX_IMAGE_PIXELS) fires inside Image.open, before ours.
+        raise ImageError(f"{p}: image too large to decode safely ({e})") from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{p}: not an image (unrecognised format)") from e
     except (OSError, SyntaxError, ValueError) as e:

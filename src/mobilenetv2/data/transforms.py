@@ -3,13 +3,16 @@ torchvision pipeline (resize, center crop, scaling) those weights were trained w
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from mobilenetv2.data.images import check_pixels
 from mobilenetv2.data.preprocessing import Preprocessing
 
-__all__ = ["eval_transform", "interpolation_mode"]
+__all__ = ["ResizeBound", "eval_transform", "interpolation_mode"]
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
@@ -26,6 +29,7 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
     size = pre.resize if pre.resize_mode == "shorter" else (pre.resize, pre.resize)
     return T.Compose(
         [
+            ResizeBound(pre),
             T.ToImage(),
             T.Resize(size, interpolation=interp, antialias=True),
             T.CenterCrop(pre.crop),
@@ -33,3 +37,23 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
             T.Normalize(mean=list(pre.mean), std=list(pre.std)),
         ]
     )
+
+
+class ResizeBound:
+    """Refuse (`ImageError`) an image whose resize would exceed `data.images.MAX_PIXELS`: a
+    100000x3 strip whose short side is resized to 256 would become 8.5 G pixels."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = pre
+
+    def __call__(self, img: Any) -> Any:
+        w, h = img.size
+        r = self.pre.resize
+        if self.pre.resize_mode == "shorter":
+            scale = r / max(min(w, h), 1)
+            w, h = round(w * scale), round(h * scale)
+        else:
+            w, h = r, r
+        check_pixels(w, h, what=f"resized for these weights (resize {r}, "
+                     f"{self.pre.resize_mode}), the image")
+        return img

@@ -100,7 +100,7 @@ def labelled_arrays(
         xs = [transform(ds[i][0]).numpy() for i in idx]
         ys = np.array([ds.labels[i] for i in idx], dtype=np.int64)
         return np.stack(xs).astype(np.float32), ys
-    from mobilenetv2.data.images import open_rgb
+    from mobilenetv2.data.images import ImageError, open_image
 
     root = Path(source)
     if not root.exists():
@@ -110,7 +110,21 @@ def labelled_arrays(
     files = _image_files(root)
     if limit is not None:
         files = [files[i] for i in _spread(len(files), limit)]
-    xs = [transform(open_rgb(f)).numpy() for f in files]
+    # An unreadable file is skipped and counted, as train and predict do; none readable is
+    # an error.
+    xs, kept = [], []
+    for f in files:
+        try:
+            xs.append(open_image(f, transform).numpy())
+            kept.append(f)
+        except ImageError as e:
+            log.warning("skipping unreadable calibration image: %s", e)
+    if not xs:
+        raise UserError(f"{root}: no readable images ({len(files)} files, all unreadable)")
+    if len(kept) < len(files):
+        log.warning("%s: skipped %d unreadable of %d images", root, len(files) - len(kept),
+                    len(files))
+    files = kept
     ys = None
     if labels:
         index = {name: i for i, name in enumerate(labels)}

@@ -212,7 +212,8 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
                train_model=_wrap_for_training(model, tc, dist, device), ema=ema,
                optimizer=optimizer, scheduler=scheduler,
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-               ctx=ctx, train_loader=train_loader, val_loader=val_loader, state=TrainState())
+               ctx=ctx, train_loader=train_loader, val_loader=val_loader,
+               state=TrainState(skipped=list(splits.unreadable)))
     resume_path = ckpt.resolve_resume(resume, cfg.out)
     if resume_path is not None:
         _restore(run, resume_path)
