@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "mobilenetv2"
 # units of its own layer or below, never above. `mobilenetv2/__init__.py` (the public API
 # facade) and `__main__` sit above everything and are imported by no module but the CLI.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "config", "_optional", "_version"),
+    ("errors", "config", "_optional", "_version", "_files"),
     ("model", "registry", "profile"),
     ("data",),
     ("weights",),

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mobilenetv2._files import atomic_write
 from mobilenetv2.data.datasets import FolderDataset, labelled_dataset
 from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.data.transforms import eval_transform
@@ -206,9 +207,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     training run rewrites it every epoch) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi), suffix=".png")
+    finally:
+        plt.close(fig)

@@ -24,6 +24,7 @@ from torch import nn
 
 from mobilenetv2.data.images import ImageError, image_files, open_image
 from mobilenetv2.data.transforms import eval_transform
+from mobilenetv2.errors import UserError
 from mobilenetv2.weights.format import meta_or_default
 
 __all__ = ["Prediction", "find_images", "predict", "run_model"]
@@ -138,7 +139,14 @@ def predict(
                 except ImageError as e:
                     results[i] = Prediction(str(files[i]), error=str(e))
             if tensors:
-                probs = torch.softmax(runner(model, torch.stack(tensors).to(device)).float(), 1)
+                logits = runner(model, torch.stack(tensors).to(device)).float()
+                bad = [str(files[kept[r]]) for r in range(len(kept))
+                       if not torch.isfinite(logits[r]).all()]
+                if bad:  # a model problem, not an image problem: nothing here is valid
+                    raise UserError(f"the weights compute non-finite logits (NaN or inf) for "
+                                    f"{bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}"
+                                    f": the weights are broken")
+                probs = torch.softmax(logits, 1)
                 k = min(topk, probs.shape[1])
                 values, indices = probs.topk(k, dim=1)
                 for row, i in enumerate(kept):

@@ -33,10 +33,17 @@ class Args:
     threads: int = shared("threads", 0)
 
 
+# What each format's file is called (a .safetensors name for a TorchScript file is how
+# `export -o mine.safetensors` once destroyed the weights it read).
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscript")}
+
+
 def run(args: Args) -> int:
+    from mobilenetv2._files import check_output
     from mobilenetv2.export import export_onnx, export_torchscript
     from mobilenetv2.weights import load_weights
 
+    check_output(args.out, [args.weights], SUFFIXES[args.format], f"a {args.format} export")
     apply_threads(args.threads)
     model = load_weights(args.weights)
     if args.format == "onnx":

@@ -46,16 +46,19 @@ class Args:
 def run(args: Args) -> int:
     from pathlib import Path
 
-    from mobilenetv2.quant.ptq import quantize_ptq
+    from mobilenetv2._files import check_output
+    from mobilenetv2.quant.ptq import fp32_int8_paths, quantize_ptq
     from mobilenetv2.quant.qat import quantize_qat
     from mobilenetv2.weights import load_weights
 
-    apply_threads(args.threads)
-    model = load_weights(args.weights)
     out = args.out
     if out is None:
         w = Path(args.weights)
         out = str(w.with_suffix("")) if w.exists() else "model"
+    for path in fp32_int8_paths(out):
+        check_output(path, [args.weights, args.calib], what="a quantized model")
+    apply_threads(args.threads)
+    model = load_weights(args.weights)
     if args.method == "ptq":
         result = quantize_ptq(model, out, args.calib, calib_images=args.calib_images,
                               eval_data=args.eval_data, eval_images=args.eval_images)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenetv2._files import atomic_write
 from mobilenetv2._optional import require
 from mobilenetv2.errors import UserError
 from mobilenetv2.export.common import DEFAULT_ATOL, ExportResult, example_size, export_metadata
@@ -36,12 +37,25 @@ from mobilenetv2.model.fuse import fuse, is_fused
 from mobilenetv2.runtime.backends import onnx_runner
 from mobilenetv2.runtime.onnx_meta import set_onnx_metadata
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "verify_onnx"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "opset_range", "verify_onnx"]
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+
+
+def opset_range(exporter: str = "torchscript") -> tuple[int, int]:
+    """The ONNX opsets the installed torch exports, as torch itself declares them: the
+    TorchScript exporter's range, or the dynamo exporter's (which raises anything below 18
+    to 18)."""
+    from torch.onnx import _constants as c
+
+    low = getattr(c, "ONNX_MIN_OPSET", 7)
+    high = getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(c, "ONNX_MAX_OPSET", 17))
+    if exporter == "dynamo":
+        return low, getattr(c, "ONNX_MAX_OPSET", high)
+    return low, high
 
 
 def export_onnx(
@@ -77,10 +91,37 @@ def export_onnx(
     """
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    low, high = opset_range(exporter)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise UserError(f"--opset {opset}: the installed torch's {exporter} ONNX exporter "
+                        f"writes opsets {low} to {high}")
     onnx = require("onnx", "ONNX export")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()
+    diffs: list[float | None] = []
+
+    def write(tmp: Path) -> None:
+        # Exported, checked and verified under a temporary name: a failed verification
+        # leaves no file, and the destination is replaced only by a verified model.
+        try:
+            diffs.append(_export_to(onnx, model, reference, tmp, input_size=input_size,
+                                    dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw,
+                                    opset=opset, exporter=exporter, verify=verify,
+                                    atol=atol, metadata=metadata))
+        except UserError as e:  # name the file the user asked for, not the temporary one
+            raise UserError(str(e).replace(str(tmp), str(path))) from e
+
+    atomic_write(path, write, suffix=".onnx")
+    diff = diffs[0]
+    result = ExportResult(path=path, max_abs_diff=diff, format="onnx")
+    log.debug("exported %s", result)
+    return result
+
+
+def _export_to(onnx: Any, model: nn.Module, reference: nn.Module, path: Path, *,
+               input_size: int | None, dynamic_batch: bool, dynamic_hw: bool, opset: int,
+               exporter: str, verify: bool, atol: float,
+               metadata: dict[str, str] | None) -> float | None:
     net = reference if is_fused(reference) else fuse(reference, channels_last=False)
     net = net.to(memory_format=torch.contiguous_format).float()
     size = example_size(model, input_size)
@@ -130,9 +171,7 @@ def export_onnx(
     if verify:
         sizes = [size] + ([size + 13] if dynamic_hw else [])
         diff = verify_onnx(reference, path, sizes=sizes, atol=atol)
-    result = ExportResult(path=path, max_abs_diff=diff, format="onnx")
-    log.debug("exported %s", result)
-    return result
+    return diff
 
 
 def _constants_to_initializers(proto: Any) -> None:
@@ -175,6 +214,11 @@ def verify_onnx(
         with torch.inference_mode():
             ref = model(x.to(memory_format=torch.channels_last)).float().numpy()
         got = run(x.numpy())
+        if not np.isfinite(ref).all():  # NaN compares as no difference: check first
+            raise UserError(f"{path}: the model's own outputs are not finite (NaN or inf): "
+                            f"its weights are broken, nothing to verify against")
+        if not np.isfinite(got).all():
+            raise UserError(f"{path}: the exported model computes non-finite outputs")
         worst = max(worst, float(np.abs(got - ref).max()))
     if worst > atol:
         raise UserError(

@@ -14,16 +14,17 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mobilenetv2._files import atomic_write, check_output
 from mobilenetv2.errors import UserError
 
 __all__ = [
+    "check_run_dir",
     "checkpoint_name",
     "find_latest",
     "load_checkpoint",
@@ -61,26 +62,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_run_dir(out: str | os.PathLike, weights: str | None) -> None:
+    """Before anything starts: `out` must be a folder (or not exist yet), and the files a
+    run writes there must not be the weights it starts from."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is a file, not a run directory")
+    for name in ("model.safetensors", "best.pt"):
+        check_output(out / name, [weights], what="the run's weights")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """`torch.save` to a temporary file, fsync, atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power loss
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """`torch.save` through the atomic writer (temporary file, fsync, rename)."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

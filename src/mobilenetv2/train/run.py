@@ -83,6 +83,7 @@ def train(cfg: RunConfig, resume: str | os.PathLike | None = None,
         progress: Show tqdm progress bars on stderr.
     """
     t_start = time.perf_counter()
+    ckpt.check_run_dir(cfg.out, cfg.train.weights)
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobilenetv2._files import atomic_write
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.data.preprocessing import Preprocessing
 from mobilenetv2.errors import UserError
@@ -61,6 +61,19 @@ class WeightsMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Labels index the classifier's outputs: too few give IndexError with --topk 5 and a
+        # wrong name with --topk 1, so a file whose labels do not fit is refused on load.
+        if self.labels is None:
+            return
+        if not isinstance(self.labels, list) or not all(isinstance(x, str)
+                                                        for x in self.labels):
+            raise ValueError(f"labels must be a list of strings, got "
+                             f"{type(self.labels).__name__}")
+        if len(self.labels) != self.config.num_classes:
+            raise ValueError(f"{len(self.labels)} labels given for a model with "
+                             f"{self.config.num_classes} classes")
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors metadata is str -> str: one JSON document per section."""
@@ -135,10 +148,6 @@ def save(
         accuracy=dict(accuracy) if accuracy is not None else old.accuracy,
         extra=dict(extra) if extra is not None else old.extra,
     )
-    if meta.labels is not None and len(meta.labels) != meta.config.num_classes:
-        raise ValueError(
-            f"{len(meta.labels)} labels given for a model with {meta.config.num_classes} classes"
-        )
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return save_state_dict(tensors, meta, path)
 
@@ -149,19 +158,8 @@ def save_state_dict(
     """Atomic write (temporary file in the same folder, fsync, rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=meta.to_metadata())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(dict(tensors), str(tmp),
+                                                    metadata=meta.to_metadata()))
 
 
 def read_meta(path: str | os.PathLike) -> WeightsMeta:
@@ -226,6 +224,13 @@ def load_state_dict_checked(
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es): {few(shapes)}")
         raise UserError(f"{source} does not fit MobileNetV2 ({what}): " + "; ".join(parts))
+    # NaN or inf weights would predict garbage with exit 0 and "verify" as equal (NaN vs
+    # NaN): refuse them here, the one place every route to a model goes through.
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            n = int((~torch.isfinite(v)).sum())
+            raise UserError(f"{source}: tensor {k} has {n} non-finite value(s) (NaN or inf) "
+                            f"of {v.numel()}: the weights are broken")
     model.load_state_dict(state, strict=True)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from torch import nn
 
+from mobilenetv2._files import umask_mode
 from mobilenetv2.errors import UserError
 from mobilenetv2.weights.convert import convert_file, model_from_converted
 from mobilenetv2.weights.format import load, save, sha256_file
@@ -103,6 +104,7 @@ def download(
                 f"download of {url} is corrupted: sha256 {digest[:16]}... does not match "
                 f"the published {sha256}; removed"
             )
+        os.chmod(tmp, umask_mode())  # mkstemp's 0600 -> what any file of the user gets
         os.replace(tmp, dest)
         log.info("downloaded %s (sha256 %s)", dest, digest)
         return dest

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from mobilenetv2._files import check_output
 from mobilenetv2.errors import UserError
 from mobilenetv2.weights._common import existing_file
 from mobilenetv2.weights.convert.keymap import LAYOUTS, convert_layout, layout_of
@@ -191,11 +192,7 @@ def convert(
     *, use_ema: bool = False,
 ) -> Path:
     """Convert `src` and write it to `out` in our format (atomic write)."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"output must be a .safetensors file, got {out}")
-    if Path(src).resolve() == out.resolve():
-        raise ValueError(f"output {out} would overwrite the source")
+    out = check_output(out, [src], [".safetensors"], "the converted weights")
     conv = convert_file(src, fmt, use_ema=use_ema)
     model_from_converted(conv)  # proves the tensors fit before anything is written
     return save_state_dict(
