@@ -6,11 +6,16 @@ weights file only records it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_SIDE", "Preprocessing"]
+
+# The largest resize or crop side a weights file may ask for: 8x MobileNetV2's 224 and well
+# above every published input size (DeepLab's 513, EfficientNet-B7's 600).
+MAX_SIDE = 4096
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +44,20 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
+        # Checked wherever preprocessing comes from (our files, converted files, ONNX
+        # metadata): a file asking for a 60000-pixel resize would allocate ~11 GB per image.
+        for name in ("resize", "crop"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
+                raise ValueError(f"preprocessing {name} must be an integer from 1 to "
+                                 f"{MAX_SIDE}, got {v!r}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if (len(v) != 3 or not all(isinstance(x, (int, float)) and math.isfinite(x)
+                                       for x in v)):
+                raise ValueError(f"preprocessing {name} must be 3 finite numbers, got {v!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"preprocessing std must be positive, got {self.std!r}")
         if self.resize_mode not in ("shorter", "exact"):
             raise ValueError(f"resize_mode must be 'shorter' or 'exact', got {self.resize_mode!r}")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):

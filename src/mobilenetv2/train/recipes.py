@@ -120,14 +120,23 @@ def make_config(
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     preset = RECIPES[name]
     base = dict(preset.model)
-    if weights and Path(weights).is_file():
+    if weights:
         # Fine-tuning starts from the architecture (and resolution) the weights were made for.
-        from mobilenetv2.weights.format import read_meta
-
-        base = {**read_meta(weights).config.to_dict(), "dropout": base.get("dropout", 0.2)}
+        base = {**_weights_config(weights).to_dict(), "dropout": base.get("dropout", 0.2)}
         del base["num_classes"]  # the new head gets the data's classes
     m = {**base, **doc.get("model", {}), **model}
     d = {**preset.data, **doc.get("data", {}), **data}
     t = {"recipe": name, **preset.train, **doc.get("train", {}), **train}
     return RunConfig(model=ModelConfig().replace(**m), data=DataConfig().replace(**d),
                      train=TrainConfig().replace(**t), out=out or doc.get("out", DEFAULT_RUN_DIR))
+
+
+def _weights_config(spec: str) -> ModelConfig:
+    """The architecture of any `--weights` spec: read from our file's metadata alone, else
+    from the converted foreign file or pretrained name (`weights.load_weights`)."""
+    from mobilenetv2.weights import load_weights
+    from mobilenetv2.weights.format import is_our_checkpoint, read_meta
+
+    if str(spec).endswith(".safetensors") and Path(spec).is_file() and is_our_checkpoint(spec):
+        return read_meta(spec).config
+    return load_weights(spec).config
