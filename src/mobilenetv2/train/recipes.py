@@ -120,8 +120,9 @@ def make_config(
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     preset = RECIPES[name]
     base = dict(preset.model)
-    if weights:
-        # Fine-tuning starts from the architecture (and resolution) the weights were made for.
+    if weights and (Path(weights).is_file() or weights in _pretrained_names()):
+        # Fine-tuning starts from the architecture (and resolution) the weights were made for;
+        # a missing file is reported once, where the model is built (`train.finetune`).
         base = {**_weights_config(weights).to_dict(), "dropout": base.get("dropout", 0.2)}
         del base["num_classes"]  # the new head gets the data's classes
     m = {**base, **doc.get("model", {}), **model}
@@ -140,3 +141,9 @@ def _weights_config(spec: str) -> ModelConfig:
     if str(spec).endswith(".safetensors") and Path(spec).is_file() and is_our_checkpoint(spec):
         return read_meta(spec).config
     return load_weights(spec).config
+
+
+def _pretrained_names() -> tuple[str, ...]:
+    from mobilenetv2.weights.pretrained import PRETRAINED
+
+    return tuple(PRETRAINED)
