@@ -140,3 +140,30 @@ def test_train_out_that_is_a_file_is_one_line(tmp_path, capsys) -> None:
     assert main(["train", "--out", str(f), "--epochs", "1"]) != 0
     err = capsys.readouterr().err
     assert "afile" in err and "Traceback" not in err and f.read_text() == "keep me"
+
+
+def test_predict_and_eval_run_our_onnx_files(weights, tmp_path, capsys) -> None:
+    """The `.onnx` files export and quantize write are accepted wherever a runtime can run
+    them (predict, eval), with labels and preprocessing from their metadata; where they
+    cannot serve (export, train), one line says so."""
+    from PIL import Image
+
+    model = load(weights)
+    onnx = export_onnx(model, tmp_path / "m.fp32.onnx").path
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (90, 120, 30)).save(img)
+    assert main(["predict", str(img), "--weights", str(onnx), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["top"][0]
+    ref = predict(model, [img])[0].top[0]
+    assert got["label"] == ref[1] and abs(got["probability"] - ref[2]) < 1e-4
+    data = tmp_path / "d"
+    for i, c in enumerate(("a", "b", "c")):
+        (data / c).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (40 * i, 90, 30)).save(data / c / "0.png")
+    assert main(["eval", "--weights", str(onnx), "--data", str(data), "--out",
+                 str(tmp_path / "ev"), "--num-workers", "0"]) == 0
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["count"] == 3
+    capsys.readouterr()
+    assert main(["export", "--weights", str(onnx), "-o", str(tmp_path / "again.onnx")]) != 0
+    err = capsys.readouterr().err
+    assert "ONNX model runs in `predict` and `eval`" in err and "Traceback" not in err

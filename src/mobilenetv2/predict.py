@@ -121,7 +121,8 @@ def predict(
     labels = meta.labels
     transform = eval_transform(meta.preprocessing)
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters(), None)  # a session's adapter has none: CPU tensors
+    device = param.device if param is not None else torch.device("cpu")
 
     files, errors = find_images(paths)
     results: dict[int, Prediction] = {}

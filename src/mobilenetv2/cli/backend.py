@@ -20,6 +20,7 @@ __all__ = [
     "RuntimeArgs",
     "add_backend_options",
     "apply_threads",
+    "model_and_session",
     "session_from_args",
     "session_runner",
     "threads_or_none",
@@ -66,6 +67,20 @@ def session_from_args(model: Any, args: Any) -> Any:
 
     return open_session(model, backend=args.backend, precision=args.precision,
                         threads=threads_or_none(args.threads), calib=args.calib)
+
+
+def model_and_session(args: Any) -> tuple[Any, Any]:
+    """The model and session of a verb that runs `--weights` (predict, eval): a PyTorch
+    weights spec is loaded and handed to the session; one of our `.onnx` files (export,
+    quantize) is run as it is, its preprocessing and labels read from its metadata, and the
+    model is the session's tensor adapter."""
+    if str(args.weights).lower().endswith(".onnx"):
+        session = session_from_args(args.weights, args)
+        return session.as_module(), session
+    from mobilenetv2.weights import load_weights
+
+    model = load_weights(args.weights)
+    return model, session_from_args(model, args)
 
 
 def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:

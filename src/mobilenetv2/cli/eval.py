@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from mobilenetv2.cli.backend import RuntimeArgs, session_from_args
+from mobilenetv2.cli.backend import RuntimeArgs, model_and_session
 from mobilenetv2.cli.options import option, shared
 
 __all__ = ["Args", "run"]
@@ -37,15 +37,16 @@ def run(args: Args) -> int:
     from mobilenetv2.evaluate import run_eval
     from mobilenetv2.weights import load_weights
 
-    model = load_weights(args.weights)
     if str(args.device) == "cpu":
         # the fastest correct CPU backend (issue 5); other devices run the PyTorch model
-        session = session_from_args(model, args)
+        model, session = model_and_session(args)
         if args.backend != "auto" or args.precision != "fp32":
             print(f"running on {session.describe()}", file=sys.stderr)
         model = session.as_module(model)
     elif args.backend not in ("auto", "torch") or args.precision != "fp32":
         raise ValueError(f"--backend/--precision apply to --device cpu, not {args.device}")
+    else:
+        model = load_weights(args.weights)
     report = run_eval(model, args.data, args.out, batch_size=args.batch_size,
                       num_workers=args.num_workers, device=args.device)
     if args.json:

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from mobilenetv2.cli.backend import RuntimeArgs, session_from_args, session_runner
+from mobilenetv2.cli.backend import RuntimeArgs, model_and_session, session_runner
 from mobilenetv2.cli.options import option, shared
 
 __all__ = ["Args", "run"]
@@ -31,10 +31,8 @@ class Args(RuntimeArgs):
 
 def run(args: Args) -> int:
     from mobilenetv2.predict import predict
-    from mobilenetv2.weights import load_weights
 
-    model = load_weights(args.weights)
-    session = session_from_args(model, args)
+    model, session = model_and_session(args)
     if args.backend != "auto" or args.precision != "fp32":
         # stderr, so --json stays parseable: a bf16/int8 result is never taken for fp32
         print(f"running on {session.describe()}", file=sys.stderr)

@@ -35,6 +35,12 @@ def load_weights(spec: str | os.PathLike) -> nn.Module:
                 f"{len(PRETRAINED)})"
             )
         raise FileNotFoundError(2, "No such file", spec)
+    if spec.lower().endswith(".onnx"):
+        # Our .onnx files (export, quantize) run in predict and eval (`InferenceSession`);
+        # nothing rebuilds a trainable PyTorch model from them.
+        raise UserError(f"{spec}: an ONNX model runs in `predict` and `eval` (--weights "
+                        f"{spec}); this command needs PyTorch weights (.safetensors, .pth, "
+                        f".h5, .tflite or a pretrained name)")
     if spec.endswith(".safetensors") and is_our_checkpoint(spec):
         return load(spec).eval()
     return model_from_converted(convert_file(spec))
