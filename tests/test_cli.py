@@ -263,3 +263,21 @@ def test_package_names_load_lazily() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_other_libraries_info_logs_stay_quiet(monkeypatch, capfd) -> None:
+    """ONNX Runtime's quantizer logs each copied bias at INFO through the root logger (about
+    40 lines per `quantize`); the CLI shows other libraries' messages from WARNING up, ours
+    from INFO."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    mine = logging.getLogger("mobilenetv2")
+    monkeypatch.setattr(mine, "level", logging.NOTSET)
+    main(["variants"])
+    logging.info("Created a copy of bias input 'b' called 'b_copy'")  # what ORT does
+    logging.getLogger("mobilenetv2.quant.ptq").info("ours")
+    err = capfd.readouterr().err
+    assert "Created a copy" not in err and "ours" in err

@@ -58,10 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = getattr(ns, "_verb", None)
     if extra:  # reported by the verb's parser, so the hint names the verb's --help
         (verb.parser if verb else parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(message)s",
-    )
+    _configure_logging(ns.verbose)
     if verb is None:
         parser.print_help()
         return 2
@@ -73,6 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mobilenetv2 {verb.name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Our messages at INFO (DEBUG with -v); other libraries' only from WARNING up (with -v,
+    everything): ONNX Runtime's quantizer logs a line per bias it copies ("Created a copy of
+    bias input ...", about 40 per model) at INFO through the root logger."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(message)s")
+    logging.getLogger("mobilenetv2").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _message(e: BaseException) -> str:
