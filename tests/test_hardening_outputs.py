@@ -163,7 +163,8 @@ def test_predict_and_eval_run_our_onnx_files(weights, tmp_path, capsys) -> None:
     assert main(["eval", "--weights", str(onnx), "--data", str(data), "--out",
                  str(tmp_path / "ev"), "--num-workers", "0"]) == 0
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["count"] == 3
-    capsys.readouterr()
+    shown = capsys.readouterr().out
+    assert "top-1" in shown and "top-5" not in shown  # 3 classes: top-5 is 100% by design
     assert main(["export", "--weights", str(onnx), "-o", str(tmp_path / "again.onnx")]) != 0
     err = capsys.readouterr().err
     assert "ONNX model runs in `predict` and `eval`" in err and "Traceback" not in err

@@ -40,6 +40,7 @@ __all__ = [
     "plot_confusion",
     "run_eval",
     "save_figure",
+    "topk_text",
     "topk_metrics",
     "write_eval_report",
 ]
@@ -200,6 +201,13 @@ def plot_confusion(confusion: torch.Tensor, labels: list[str], path: str | os.Pa
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+def topk_text(top1: float, top5: float, num_classes: int, sep: str = ", ") -> str:
+    """"top-1 X%, top-5 Y%" for people; top-5 only with more than 5 classes (with 5 or fewer
+    it is 100% by construction and says nothing)."""
+    text = f"top-1 {top1:.2%}"
+    return text + (f"{sep}top-5 {top5:.2%}" if num_classes > 5 else "")
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:

@@ -34,7 +34,7 @@ class Args(RuntimeArgs):
 
 
 def run(args: Args) -> int:
-    from mobilenetv2.evaluate import run_eval
+    from mobilenetv2.evaluate import run_eval, topk_text
     from mobilenetv2.weights import load_weights
 
     if str(args.device) == "cpu":
@@ -53,7 +53,8 @@ def run(args: Args) -> int:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
     r = report.result
-    print(f"top-1 {r.top1:.2%}  top-5 {r.top5:.2%}  on {r.count} images ({args.data})")
+    print(f"{topk_text(r.top1, r.top5, len(report.labels), '  ')}  on {r.count} images "
+          f"({args.data})")
     worst = sorted(zip(report.labels, r.per_class), key=lambda t: t[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in worst))
     if r.skipped:

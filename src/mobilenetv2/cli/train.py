@@ -65,7 +65,10 @@ def run(args: Args) -> int:
     logging.getLogger("mobilenetv2").setLevel(logging.INFO)
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
-        print(f"top-1 {result.top1:.2%}, top-5 {result.top5:.2%} after {result.epochs} epochs "
+        from mobilenetv2.evaluate import topk_text
+
+        classes = result.model.num_classes
+        print(f"{topk_text(result.top1, result.top5, classes)} after {result.epochs} epochs "
               f"({result.steps} steps) in {result.seconds:.0f} s")
         if result.skipped:
             print(f"skipped {len(result.skipped)} unreadable file(s): see report.md")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenetv2 import evaluate
 from mobilenetv2.config import ModelConfig, RunConfig, TrainConfig
 from mobilenetv2.data.datasets import Splits, build_splits
 from mobilenetv2.data.loaders import make_loader
@@ -336,10 +337,10 @@ def _epoch(run: _Run) -> TopKMetrics:
         if improved:
             ckpt.save_checkpoint(run.best_snapshot(), run.out / "best.pt")
         run.log.epoch(record)
-        log.info("epoch %d/%d: train loss %.4f acc %.2f%% | %s top-1 %.2f%% top-5 %.2f%% "
-                 "| %.0f img/s, %.1fs", record["epoch"], tc.epochs, stats["train_loss"],
-                 100 * stats["train_acc"], run.splits.val_name, 100 * result.top1,
-                 100 * result.top5, stats["img_s"], record["seconds"])
+        accuracy = evaluate.topk_text(result.top1, result.top5, len(run.splits.classes), " ")
+        log.info("epoch %d/%d: train loss %.4f acc %.2f%% | %s %s | %.0f img/s, %.1fs",
+                 record["epoch"], tc.epochs, stats["train_loss"], 100 * stats["train_acc"],
+                 run.splits.val_name, accuracy, stats["img_s"], record["seconds"])
     return result
 
 
@@ -370,7 +371,8 @@ def _finish(run: _Run, result: TopKMetrics, t_start: float) -> TrainResult:
             out / "report.md", config=cfg.to_dict(),
             summary={"recipe": cfg.train.recipe, "dataset": splits.source,
                      "evaluated on": split_name,
-                     "final top-1": f"{result.top1:.2%}", "final top-5": f"{result.top5:.2%}",
+                     "final accuracy": evaluate.topk_text(result.top1, result.top5,
+                                                          len(splits.classes)),
                      "weights evaluated": "EMA" if cfg.train.ema_decay else "trained",
                      "epochs": state.epoch, "optimizer steps": state.step,
                      "skipped unreadable files": len(state.skipped),
