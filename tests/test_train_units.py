@@ -206,10 +206,22 @@ def test_resume_lookup(tmp_path) -> None:
     with pytest.raises(UserError, match=f"no checkpoint-\\*.pt in {tmp_path}"):
         resolve_resume("auto", tmp_path)
     for step in (3, 12):
-        (tmp_path / f"checkpoint-{step:08d}.pt").write_bytes(b"")
-    (tmp_path / "best.pt").write_bytes(b"")
+        torch.save({"step": step}, tmp_path / f"checkpoint-{step:08d}.pt")
+    torch.save({"step": 99}, tmp_path / "best.pt")
     newest = tmp_path / "checkpoint-00000012.pt"
     assert resolve_resume("auto", tmp_path) == newest
     assert resolve_resume(tmp_path, tmp_path / "elsewhere") == newest
     named = tmp_path / "checkpoint-00000003.pt"
     assert resolve_resume(named, tmp_path / "elsewhere") == named
+
+
+def test_resume_passes_over_a_truncated_newest_checkpoint(tmp_path, caplog) -> None:
+    for step in (3, 12):
+        torch.save({"step": step, "w": torch.zeros(1000)}, tmp_path / f"checkpoint-{step:08d}.pt")
+    newest = tmp_path / "checkpoint-00000012.pt"
+    newest.write_bytes(newest.read_bytes()[:300])  # the disk filled up mid-write
+    assert resolve_resume("auto", tmp_path) == tmp_path / "checkpoint-00000003.pt"
+    assert "checkpoint-00000012.pt is unreadable" in caplog.text
+    (tmp_path / "checkpoint-00000003.pt").write_bytes(b"")
+    with pytest.raises(UserError, match="none of the 2 checkpoints"):
+        resolve_resume("auto", tmp_path)

@@ -102,18 +102,34 @@ def resolve_resume(resume: str | os.PathLike | None, out: str | os.PathLike) -> 
     the run directory `out`, a directory its newest checkpoint, anything else a checkpoint
     file (checked when it is loaded).
 
+    In a directory, a newest checkpoint that cannot be read (a run killed while the disk was
+    full, a truncated copy) is passed over with a warning naming it and the older intact one
+    used instead.
+
     Raises:
-        UserError: The directory holds no `checkpoint-<step>.pt`.
+        UserError: The directory holds no (readable) `checkpoint-<step>.pt`.
     """
     if resume is None:
         return None
     src = Path(out) if str(resume) == "auto" else Path(resume)
     if str(resume) != "auto" and not src.is_dir():
         return src
-    latest = find_latest(src)
-    if latest is None:
+    found = sorted((p for p in src.iterdir() if PATTERN.match(p.name)), reverse=True) \
+        if src.is_dir() else []
+    if not found:
         raise UserError(f"--resume: no checkpoint-*.pt in {src}")
-    return latest
+    for i, path in enumerate(found):
+        try:
+            load_checkpoint(path)
+        except UserError as e:
+            log.warning("%s", e)
+            continue
+        if i:
+            log.warning("--resume: the newest checkpoint %s is unreadable; resuming from %s, "
+                        "the newest intact one", found[0].name, path.name)
+        return path
+    raise UserError(f"--resume: none of the {len(found)} checkpoints in {src} is readable "
+                    f"(newest: {found[0].name})")
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
