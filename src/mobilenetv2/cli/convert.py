@@ -33,13 +33,16 @@ class Args:
         help="source format (default: detected from the suffix and key layout)")
     ema: bool = option(False, help="take the EMA weights of a training checkpoint "
                        "(model_ema / state_dict_ema)")
+    labels: str | None = option(None, metavar="FILE",
+                                help="class names, one per line (TF/Coral label files), for a "
+                                "model not trained on ImageNet; the count must match")
 
 
 def run(args: Args) -> int:
     from mobilenetv2.weights.convert import convert
     from mobilenetv2.weights.format import read_meta
 
-    out = convert(args.src, args.out, args.fmt, use_ema=args.ema)
+    out = convert(args.src, args.out, args.fmt, use_ema=args.ema, labels=args.labels)
     meta = read_meta(out)
     cfg, prov = meta.config, meta.provenance
     print(

@@ -44,6 +44,7 @@ __all__ = [
     "detect_format",
     "extract_member",
     "model_from_converted",
+    "read_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,11 @@ def _convert_tflite_file(p: Path, member: str | None) -> Converted:
         return convert_tflite(str(p))
     with tempfile.TemporaryDirectory() as tmp:
         inner = extract_member(p, member, Path(tmp))
-        conv = convert_tflite(str(inner))
+        try:
+            conv = convert_tflite(str(inner))
+        except UserError as e:
+            # Name what the user has, archive:member, not the deleted temporary copy.
+            raise UserError(str(e).replace(str(inner), f"{p}:{inner.name}")) from e
         conv.meta.provenance["archive_member"] = inner.name
         return conv
 
@@ -187,13 +192,36 @@ def model_from_converted(conv: Converted) -> nn.Module:
     return model.eval()
 
 
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file, one per line (trailing blank lines ignored)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--labels {path}: cannot read a text file ({e})") from e
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
 def convert(
     src: str | os.PathLike, out: str | os.PathLike, fmt: str | None = None,
-    *, use_ema: bool = False,
+    *, use_ema: bool = False, labels: str | os.PathLike | None = None,
 ) -> Path:
-    """Convert `src` and write it to `out` in our format (atomic write)."""
+    """Convert `src` and write it to `out` in our format (atomic write).
+
+    `labels`: a text file with one class name per line (TF / Coral label files), for a
+    model whose classes are not ImageNet's (a fine-tuned one); the count must match the
+    classifier's outputs.
+    """
     out = check_output(out, [src], [".safetensors"], "the converted weights")
     conv = convert_file(src, fmt, use_ema=use_ema)
+    if labels is not None:
+        names = read_labels(labels)
+        n = conv.meta.config.num_classes
+        if len(names) != n:
+            raise UserError(f"--labels {labels}: {len(names)} names for a classifier with {n} "
+                            f"outputs")
+        conv.meta.labels = names
     model_from_converted(conv)  # proves the tensors fit before anything is written
     return save_state_dict(
         {k: v.contiguous() for k, v in conv.state_dict.items()}, conv.meta, out
