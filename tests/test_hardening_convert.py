@@ -49,3 +49,13 @@ def test_unreadable_labels_file_is_one_line(fixtures_dir, tmp_path, capsys, cont
                  str(tmp_path / "m.safetensors"), "--labels", str(names)]) != 0
     err = capsys.readouterr().err
     assert "--labels" in err and "Traceback" not in err
+
+
+def test_one_preprocessing_per_source(fixtures_dir) -> None:
+    """`convert` of the official uint8 file and the registry entry for the same file record
+    the same preprocessing (they said resize 224/crop 224 and 256/224)."""
+    from mobilenetv2.weights.convert import convert_file
+    from mobilenetv2.weights.pretrained import PRETRAINED
+
+    conv = convert_file(fixtures_dir / "mobilenet_v2_1.0_224_quant.tflite")
+    assert conv.meta.preprocessing == PRETRAINED["tflite_1.0_224_quant"].preprocessing
