@@ -23,6 +23,18 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="session")
+def _cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mobilenetv2-cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(_cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads, cached ONNX exports and race results go to a folder of this test session,
+    never the user's ~/.cache (subprocesses inherit the variable)."""
+    monkeypatch.setenv("MOBILENETV2_CACHE", str(_cache_root))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

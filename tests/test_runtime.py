@@ -323,3 +323,37 @@ def test_int8_from_float_weights_with_calibration(digits_weights) -> None:
         got = sess(x).argmax(1)  # batch 64: also races the alternate backend
     assert (got == ref).mean() >= 0.9
     assert not folder.exists()  # close() removed the files open_session made
+
+
+# ------------------------------------------------------------------- caches (issue 12)
+def test_open_session_exports_once_per_model_and_remembers_the_race(tmp_path,
+                                                                     monkeypatch) -> None:
+    """A one-image `predict` on the default backend exported to ONNX and raced two runtimes
+    on every call: the export is cached by the model's content, the race winner per model,
+    shape, precision, threads and machine."""
+    import mobilenetv2.export.onnx as onnx_export
+    from mobilenetv2 import create_model, deploy
+    from mobilenetv2.runtime import session as session_mod
+
+    monkeypatch.setenv("MOBILENETV2_CACHE", str(tmp_path / "cache"))
+    exports, races = [], []
+    real_export, real_race = onnx_export.export_onnx, session_mod.race
+    monkeypatch.setattr(onnx_export, "export_onnx",
+                        lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    monkeypatch.setattr(session_mod, "race",
+                        lambda *a, **k: races.append(1) or real_race(*a, **k))
+    model = create_model("mobilenetv2_035", num_classes=4).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    first = deploy.open_session(model, input_size=64)
+    if not first._alternates:
+        pytest.skip("only one fp32 ONNX backend installed: nothing to race")
+    out1 = first(x)
+    second = deploy.open_session(model, input_size=64)
+    out2 = second(x)
+    assert len(exports) == 1 and len(races) == 1
+    assert second.chosen == first.chosen
+    np.testing.assert_allclose(out1, out2, rtol=1e-5, atol=1e-5)
+    other = create_model("mobilenetv2_035", num_classes=4).eval()  # other weights
+    deploy.open_session(other, input_size=64)
+    assert len(exports) == 2
+    assert deploy.model_key(model, 64) != deploy.model_key(other, 64)

@@ -4,7 +4,11 @@
 session's backend choice (`runtime.session.choose_backends`) whether an ONNX backend will
 run, and only then makes the ONNX file that backend needs: the BN-folded fp32 export
 (verified against PyTorch) and, for int8, the QDQ model calibrated on real images
-(`quant.ptq`). The files live in a temporary folder the session removes on `close()`.
+(`quant.ptq`). The fp32 export is made once per model (`model_key`: a hash of its tensors
+and metadata) into the user's cache, `$MOBILENETV2_CACHE/onnx/`, and `auto`'s race winners
+are remembered beside it (`runtime.race_cache`), so a one-image `predict` neither exports
+nor races again; int8 files (which depend on the calibration images) live in a temporary
+folder the session removes on `close()`.
 
 `deploy_demo` is the deployment half of `make demo`. From one trained checkpoint: the fp32
 ONNX model, the int8 QDQ model (per-channel weights, calibrated on the training split),
@@ -15,6 +19,8 @@ top-1 accuracy on the evaluation set and batch-1 latency measured in interleaved
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import statistics
 import tempfile
@@ -27,13 +33,22 @@ from torch import nn
 
 from mobilenetv2.errors import UserError
 from mobilenetv2.runtime.backends import BACKENDS
+from mobilenetv2.runtime.race_cache import RaceCache
 from mobilenetv2.runtime.session import (
     INT8_NEEDS_A_QUANTIZED_MODEL,
     InferenceSession,
     choose_backends,
 )
 
-__all__ = ["DeployRow", "deploy_demo", "format_rows", "open_session"]
+__all__ = ["DeployRow", "deploy_demo", "format_rows", "model_key", "open_session"]
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    from mobilenetv2.weights.hub import cache_dir as weights_cache
+
+    return weights_cache()
 
 
 def open_session(
@@ -68,20 +83,56 @@ def open_session(
         return InferenceSession(model, backend, precision, threads)
     if precision == "int8" and calib is None:
         raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
-    from mobilenetv2.export.onnx import export_onnx
     from mobilenetv2.weights.format import meta_or_default
 
+    key = model_key(model, input_size)
+    path = _cached_export(model, key, input_size)
+    if precision != "int8":
+        session = InferenceSession(model, backend, precision, threads, onnx_file=path)
+        session.race_cache = RaceCache(cache_dir() / "races.json", key)
+        return session
     tmp = tempfile.TemporaryDirectory(prefix="mobilenetv2-")
     try:
-        work = Path(tmp.name)
-        path = export_onnx(model, work / "model.fp32.onnx", input_size=input_size).path
-        if precision == "int8":
-            path = _quantize(path, work, calib, meta_or_default(model).preprocessing)
-        return InferenceSession(model, backend, precision, threads, onnx_file=path,
+        int8 = _quantize(path, Path(tmp.name), calib, meta_or_default(model).preprocessing)
+        return InferenceSession(model, backend, precision, threads, onnx_file=int8,
                                 cleanup=tmp.cleanup)
     except BaseException:
         tmp.cleanup()
         raise
+
+
+def model_key(model: nn.Module, input_size: int | None = None) -> str:
+    """A short hash of what an ONNX export of `model` depends on: every tensor, the config,
+    the preprocessing and labels (written into the file), the example size, and the versions
+    of this package and torch."""
+    import hashlib
+
+    import torch
+
+    from mobilenetv2._version import __version__
+    from mobilenetv2.weights.format import meta_or_default
+
+    h = hashlib.sha256()
+    meta = meta_or_default(model).to_metadata()
+    h.update(json.dumps([meta, input_size, __version__, torch.__version__]).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _cached_export(model: nn.Module, key: str, input_size: int | None) -> Path:
+    """The fp32 ONNX export of `model`, made once per `model_key` into the user's cache
+    (`$MOBILENETV2_CACHE/onnx/`): a one-image `predict` on the default backend exported the
+    model on every call. Written atomically, so a concurrent or killed run leaves no
+    half-file."""
+    from mobilenetv2.export.onnx import export_onnx
+
+    path = cache_dir() / "onnx" / f"{key}.fp32.onnx"
+    if path.is_file():
+        log.debug("ONNX export from the cache: %s", path)
+        return path
+    return export_onnx(model, path, input_size=input_size).path
 
 
 def _onnx_session(path: Path, backend: str, precision: str, threads: int | None,

@@ -35,6 +35,7 @@ from mobilenetv2.runtime.backends import (
     available_backends,
     backend_installed,
 )
+from mobilenetv2.runtime.race_cache import RaceCache
 
 __all__ = ["INT8_NEEDS_A_QUANTIZED_MODEL", "InferenceSession", "choose_backends", "race"]
 
@@ -156,8 +157,10 @@ class InferenceSession:
         self.onnx_path: Path | None = None
         self.meta: Any = None
         self.metadata: dict[str, str] = {}
-        # the timer `auto` races backends with (a test replaces it with a fake clock)
+        # the timer `auto` races backends with (a test replaces it with a fake clock), and
+        # where race winners are remembered across processes (`deploy.open_session` sets it)
         self.clock: Callable[[], float] = time.perf_counter
+        self.race_cache: RaceCache | None = None
         if isinstance(model, nn.Module):
             self.module = model.eval()
             self.meta = model.meta
@@ -223,12 +226,23 @@ class InferenceSession:
     def _choose(self, x: np.ndarray) -> str:
         """The faster backend for this input shape, raced once."""
         shape = tuple(x.shape)
+        key = None
+        if shape not in self.chosen and self.race_cache is not None:
+            key = self.race_cache.key(shape, self.precision, self.threads,
+                                      [self.backend, *self._alternates])
+            known = self.race_cache.get(key)
+            if known in (self.backend, *self._alternates):
+                if known not in self._runners:
+                    self._runners[known] = self._build(known)
+                self.chosen[shape] = known
         if shape not in self.chosen:
             for name in self._alternates:
                 if name not in self._runners:
                     self._runners[name] = self._build(name)
             self.chosen[shape], best = race(self._runners, x, clock=self.clock)
             log.debug("batch shape %s: %s (%s)", shape, self.chosen[shape], best)
+            if key is not None:
+                self.race_cache.put(key, self.chosen[shape])
             # a losing runtime is dropped (it is rebuilt if another shape is raced): its
             # idle thread pool would otherwise compete with the winner's on a small CPU
             used = {self.backend, *self.chosen.values()}
