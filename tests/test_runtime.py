@@ -357,3 +357,28 @@ def test_open_session_exports_once_per_model_and_remembers_the_race(tmp_path,
     deploy.open_session(other, input_size=64)
     assert len(exports) == 2
     assert deploy.model_key(model, 64) != deploy.model_key(other, 64)
+
+
+def test_helper_sessions_take_the_verbs_threads(tmp_path, monkeypatch) -> None:
+    """`export`/`quantize --threads N` bound the ONNX Runtime sessions that verify and measure
+    too (they took every core): those sessions use PyTorch's intra-op count, which the CLI's
+    `--threads` sets."""
+    import mobilenetv2.runtime.backends as backends
+    from mobilenetv2 import create_model
+    from mobilenetv2.export.onnx import export_onnx
+    from mobilenetv2.quant.ptq import onnx_logits
+
+    seen = []
+    real = backends.onnxruntime_session
+    monkeypatch.setattr(backends, "onnxruntime_session",
+                        lambda path, threads=None, **k: seen.append(threads)
+                        or real(path, threads, **k))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = export_onnx(create_model("mobilenetv2_035", num_classes=3), tmp_path / "m.onnx",
+                           input_size=32).path
+        onnx_logits(path, np.zeros((1, 3, 32, 32), np.float32))
+    finally:
+        torch.set_num_threads(old)
+    assert seen and all(t == 1 for t in seen), seen

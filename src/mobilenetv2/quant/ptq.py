@@ -225,9 +225,9 @@ def quantize_onnx(
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits of an ONNX model on ONNX Runtime's CPU provider, in batches."""
-    from mobilenetv2.runtime.backends import onnxruntime_session
+    from mobilenetv2.runtime.backends import helper_threads, onnxruntime_session
 
-    sess = onnxruntime_session(path)
+    sess = onnxruntime_session(path, helper_threads())
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
                            for i in range(0, len(x), batch)])

@@ -42,6 +42,7 @@ __all__ = [
     "Runner",
     "available_backends",
     "backend_installed",
+    "helper_threads",
     "onnx_runner",
     "onnxruntime_session",
     "openvino_compile",
@@ -215,11 +216,19 @@ AUTO_ORDER = {
 }
 
 
+def helper_threads() -> int:
+    """Threads for the library's own helper sessions (export verification, quantization's
+    measurements): PyTorch's intra-op count, which the CLI's `--threads` sets, so one
+    option bounds every runtime a verb starts."""
+    return torch.get_num_threads()
+
+
 def onnx_runner(path: str | os.PathLike, purpose: str) -> Runner:
-    """A runner for an ONNX file in true fp32: ONNX Runtime, else OpenVINO (f32 hint)."""
+    """A runner for an ONNX file in true fp32: ONNX Runtime, else OpenVINO (f32 hint), on
+    `helper_threads()` threads."""
     if backend_installed("onnxruntime"):
-        return _onnxruntime_runner(path, "fp32", None, purpose)
+        return _onnxruntime_runner(path, "fp32", helper_threads(), purpose)
     if not backend_installed("openvino"):
         require("onnxruntime", purpose)  # raises the one clear error
-    compiled = openvino_compile(path, "fp32", plain=True)
+    compiled = openvino_compile(path, "fp32", helper_threads(), plain=True)
     return lambda x: compiled({0: x})[0]
