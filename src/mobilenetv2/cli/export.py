@@ -43,7 +43,7 @@ def run(args: Args) -> int:
     from mobilenetv2.export import export_onnx, export_torchscript
     from mobilenetv2.weights import load_weights
 
-    check_output(args.out, [args.weights], SUFFIXES[args.format], f"a {args.format} export")
+    check_output(args.out, [args.weights], SUFFIXES[args.format], f"the {args.format} export")
     apply_threads(args.threads)
     model = load_weights(args.weights)
     if args.format == "onnx":
