@@ -39,16 +39,11 @@ from mobilenetv2.runtime.session import (
     InferenceSession,
     choose_backends,
 )
+from mobilenetv2.weights.hub import cache_dir
 
 __all__ = ["DeployRow", "deploy_demo", "format_rows", "model_key", "open_session"]
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    from mobilenetv2.weights.hub import cache_dir as weights_cache
-
-    return weights_cache()
 
 
 def open_session(

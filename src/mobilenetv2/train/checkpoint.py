@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +120,14 @@ def resolve_resume(resume: str | os.PathLike | None, out: str | os.PathLike) -> 
     if not found:
         raise UserError(f"--resume: no checkpoint-*.pt in {src}")
     for i, path in enumerate(found):
+        # A torch checkpoint is a zip archive whose directory is written last: a truncated
+        # one has none. Checking that is enough to choose, without unpickling every tensor
+        # once more (the chosen file is loaded by the caller anyway).
         try:
-            load_checkpoint(path)
-        except UserError as e:
-            log.warning("%s", e)
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError) as e:
+            log.warning("--resume: %s is not a readable training checkpoint (%s)", path, e)
             continue
         if i:
             log.warning("--resume: the newest checkpoint %s is unreadable; resuming from %s, "
