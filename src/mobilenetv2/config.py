@@ -28,6 +28,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "PADDINGS",
+    "TASKS",
     "RunConfig",
     "TrainConfig",
     "config_from_dict",
@@ -37,6 +38,11 @@ __all__ = [
 
 Padding = Literal["symmetric", "tf_same"]
 PADDINGS: tuple[str, ...] = get_args(Padding)
+# The paper's three applications: classification (section 6.1), object detection with
+# SSDLite (6.2), semantic segmentation with Mobile DeepLabv3 (6.3). A weights file records
+# its task in its config, and every verb dispatches on it.
+Task = Literal["classify", "segment", "detect"]
+TASKS: tuple[str, ...] = get_args(Task)
 OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -62,7 +68,10 @@ class ModelConfig:
         finegrain_classification_mode: TF-slim's name. True keeps the last 1x1 conv at
             1280 channels for widths below 1 (every official checkpoint, torchvision and
             Keras do); False also shrinks it with the width (TF-slim's bare behaviour).
-        round_nearest: Channel counts are rounded to multiples of this (8 everywhere).
+        round_nearest: Channel counts are rounded to multiples of this (8 everywhere
+            except DeepLab, whose depth multiplier rounds to multiples of 1).
+        task: "classify" (the classifier), "segment" (Mobile DeepLabv3) or "detect"
+            (SSDLite); `model.build.build_model` builds the network a config describes.
     """
 
     width: float = 1.0
@@ -76,6 +85,7 @@ class ModelConfig:
     small_input: bool = False
     finegrain_classification_mode: bool = True
     round_nearest: int = 8
+    task: Task = "classify"
 
     def __post_init__(self) -> None:
         _check(
@@ -114,6 +124,10 @@ class ModelConfig:
         _check(
             self.output_stride in OUTPUT_STRIDES,
             f"output_stride must be 8, 16 or 32, got {self.output_stride!r}",
+        )
+        _check(
+            self.task in TASKS,
+            f"task must be one of {', '.join(TASKS)}, got {self.task!r}",
         )
         _check(
             _is_int(self.round_nearest) and self.round_nearest >= 1,

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from mobilenetv2.config import ModelConfig
-from mobilenetv2.model import MobileNetV2, MobileNetV2Features
+from mobilenetv2.model import MobileNetV2Features, build_model
 from mobilenetv2.model.backbone import DEFAULT_OUT_FEATURES
 
 __all__ = ["VARIANTS", "create_model", "resolve_variant", "variant_config"]
@@ -49,9 +51,9 @@ def create_model(
     features_only: bool = False,
     out_features: Sequence[str] = DEFAULT_OUT_FEATURES,
     **overrides: Any,
-) -> MobileNetV2 | MobileNetV2Features:
+) -> nn.Module:
     """Build a named variant; `overrides` are `ModelConfig` fields (width, num_classes ...)."""
     cfg = variant_config(name, **overrides)
     if features_only:
         return MobileNetV2Features(cfg, out_features=out_features)
-    return MobileNetV2(cfg)
+    return build_model(cfg)

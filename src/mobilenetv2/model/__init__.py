@@ -3,6 +3,7 @@
 from mobilenetv2.model.arch import ArchSpec, BlockSpec, Stage, make_divisible, resolve
 from mobilenetv2.model.backbone import FeatureInfo, MobileNetV2Backbone, MobileNetV2Features
 from mobilenetv2.model.blocks import InvertedResidual
+from mobilenetv2.model.build import build_model
 from mobilenetv2.model.classifier import MobileNetV2
 from mobilenetv2.model.layers import ConvBNAct, ResidualAdd, SamePad2d
 
@@ -17,6 +18,7 @@ __all__ = [
     "MobileNetV2Features",
     "ResidualAdd",
     "SamePad2d",
+    "build_model",
     "Stage",
     "make_divisible",
     "resolve",

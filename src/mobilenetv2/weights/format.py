@@ -181,14 +181,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     its preprocessing, labels, provenance and accuracy."""
     from safetensors.torch import load_file
 
-    from mobilenetv2.model import MobileNetV2
+    from mobilenetv2.model import build_model
 
     meta = read_meta(path)
     try:
         state = load_file(str(path), device=str(map_location))
     except Exception as e:
         raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from e
-    model = MobileNetV2(meta.config)
+    model = build_model(meta.config)
     load_state_dict_checked(model, state, source=str(path))
     model.meta = meta
     return model

@@ -183,9 +183,9 @@ def model_from_converted(conv: Converted) -> nn.Module:
     """Build our model from a converter's output, checking that every tensor fits it (the one
     check, with a report of missing, unexpected and mis-shaped keys); `model.meta` holds its
     metadata."""
-    from mobilenetv2.model import MobileNetV2
+    from mobilenetv2.model import build_model
 
-    model = MobileNetV2(conv.meta.config)
+    model = build_model(conv.meta.config)
     load_state_dict_checked(model, conv.state_dict, source=str(conv.meta.provenance.get(
         "source", "converted weights")))
     model.meta = conv.meta
