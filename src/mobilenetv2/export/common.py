@@ -3,12 +3,18 @@ into the file, and the example input's side."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from torch import nn
 
-__all__ = ["DEFAULT_ATOL", "ExportResult", "example_size", "export_metadata"]
+from mobilenetv2.errors import UserError
+
+__all__ = ["DEFAULT_ATOL", "ExportResult", "capture_graph", "check_agreement", "example_size",
+           "export_metadata", "phone_metadata"]
 
 # Largest accepted max abs difference of the logits between an export and PyTorch.
 DEFAULT_ATOL = 1e-4
@@ -21,10 +27,16 @@ class ExportResult:
     path: Path
     max_abs_diff: float | None
     format: str
+    # int8 exports: % of verification images whose top-1 equals PyTorch's float top-1
+    agreement: float | None = None
+    images: int = 0
 
     def __str__(self) -> str:
         diff = "not verified" if self.max_abs_diff is None else (
             f"max |diff| vs PyTorch {self.max_abs_diff:.2e}")
+        if self.agreement is not None:
+            diff += (f", top-1 equal to PyTorch float on {self.agreement:.1f}% of "
+                     f"{self.images} images")
         return f"{self.format} -> {self.path} ({diff})"
 
 
@@ -47,3 +59,48 @@ def example_size(model: nn.Module, input_size: int | None) -> int:
     if model.meta is not None:
         return model.meta.preprocessing.crop
     return model.config.resolution
+
+
+def capture_graph(model: nn.Module, size: int) -> Any:
+    """The BN-folded float network as an ATen graph (`torch.export`, batch 1, NCHW), the one
+    graph the phone formats lower (TFLite op by op, ExecuTorch to XNNPACK)."""
+    import torch
+
+    from mobilenetv2.model.fuse import fuse, is_fused
+
+    net = model.eval() if is_fused(model) else fuse(model.eval(), channels_last=False)
+    net = net.to(memory_format=torch.contiguous_format).float()
+    example = torch.zeros(1, 3, size, size)
+    return torch.export.export(net, (example,)).module()
+
+
+def phone_metadata(model: nn.Module, precision: str, fmt: str,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a phone file carries, as one JSON-ready document: `export_metadata`'s entries
+    decoded (config, preprocessing, labels, provenance, ...), precision, format and `extra`
+    (the input/output tensors)."""
+    doc: dict[str, Any] = {}
+    for key, value in export_metadata(model, {"precision": precision}).items():
+        try:
+            doc[key] = json.loads(value)
+        except ValueError:
+            doc[key] = value
+    doc["exported_format"] = fmt
+    doc.update(extra or {})
+    return doc
+
+
+def check_agreement(model: nn.Module, run: Any, x: np.ndarray, path: Path,
+                    fmt: str) -> ExportResult:
+    """An int8 export's top-1 agreement with the float PyTorch model on `x` (at most 64
+    images), and the max |diff| of the logits (quantization error, reported not bounded)."""
+    import torch
+
+    x = x[:64]
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+    got = np.concatenate([run(x[i:i + 16]) for i in range(0, len(x), 16)])
+    if not np.isfinite(got).all():
+        raise UserError(f"{path}: the exported model computes non-finite outputs")
+    agree = float((got.argmax(1) == ref.argmax(1)).mean() * 100)
+    return ExportResult(path, float(np.abs(got - ref).max()), fmt, agree, len(x))
