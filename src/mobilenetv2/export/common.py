@@ -13,8 +13,8 @@ from torch import nn
 
 from mobilenetv2.errors import UserError
 
-__all__ = ["DEFAULT_ATOL", "ExportResult", "capture_graph", "check_agreement", "example_size",
-           "export_metadata", "phone_metadata"]
+__all__ = ["DEFAULT_ATOL", "ExportResult", "capture_graph", "check_agreement",
+           "checked_calibration", "example_size", "export_metadata", "phone_metadata"]
 
 # Largest accepted max abs difference of the logits between an export and PyTorch.
 DEFAULT_ATOL = 1e-4
@@ -104,3 +104,15 @@ def check_agreement(model: nn.Module, run: Any, x: np.ndarray, path: Path,
         raise UserError(f"{path}: the exported model computes non-finite outputs")
     agree = float((got.argmax(1) == ref.argmax(1)).mean() * 100)
     return ExportResult(path, float(np.abs(got - ref).max()), fmt, agree, len(x))
+
+
+def checked_calibration(precision: str, calibration: Any) -> np.ndarray | None:
+    """The int8 calibration array (required for int8; ignored for fp32)."""
+    if precision != "int8":
+        return None
+    if calibration is None or len(calibration) == 0:
+        raise UserError("int8 export needs calibration images: --calib digits or a folder "
+                        "of images like the ones the model will see")
+    if hasattr(calibration, "detach"):
+        calibration = calibration.detach().float().numpy()
+    return np.ascontiguousarray(calibration, dtype=np.float32)

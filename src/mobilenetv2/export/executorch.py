@@ -24,7 +24,6 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from mobilenetv2.export.common import (
     ExportResult,
     capture_graph,
     check_agreement,
+    checked_calibration,
     example_size,
     phone_metadata,
 )
@@ -52,27 +52,18 @@ def export_executorch(
     path: str | os.PathLike,
     *,
     precision: str = "fp32",
-    calib: Any = None,
-    calib_images: int = 256,
+    calibration: np.ndarray | None = None,
     input_size: int | None = None,
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
 ) -> ExportResult:
     """Write `model` as an ExecuTorch program for XNNPACK and verify it in ExecuTorch's
     runtime (arguments as `export.tflite.export_tflite`)."""
+
     if precision not in ("fp32", "int8"):
         raise UserError(f"--precision {precision}: the executorch export writes fp32 or int8")
     size = example_size(model, input_size)
-    data = None
-    if precision == "int8":
-        if calib is None:
-            raise UserError("int8 export needs calibration images: --calib digits or a "
-                            "folder of images like the ones the model will see")
-        from mobilenetv2.quant.ptq import calibration_arrays
-        from mobilenetv2.weights.format import meta_or_default
-
-        data = calibration_arrays(calib, meta_or_default(model).preprocessing,
-                                  limit=calib_images)
+    data = checked_calibration(precision, calibration)
     content = pte_bytes(model, size, precision, data)
     path = Path(path)
     results: list[ExportResult] = []

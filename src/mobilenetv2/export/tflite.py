@@ -42,6 +42,7 @@ from mobilenetv2.export.common import (
     ExportResult,
     capture_graph,
     check_agreement,
+    checked_calibration,
     example_size,
     phone_metadata,
 )
@@ -60,8 +61,7 @@ def export_tflite(
     path: str | os.PathLike,
     *,
     precision: str = "fp32",
-    calib: Any = None,
-    calib_images: int = 256,
+    calibration: np.ndarray | None = None,
     input_size: int | None = None,
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
@@ -72,9 +72,8 @@ def export_tflite(
         model: A MobileNetV2 (any network whose ATen ops have a row in `LOWERINGS`).
         path: Output `.tflite` file.
         precision: "fp32", or "int8" (full-integer: int8 input, activations and output).
-        calib: int8 calibration images: "digits", a folder, or a preprocessed array
-            (`quant.ptq.calibration_arrays`); required for int8.
-        calib_images: At most this many calibration images.
+        calibration: int8 calibration images, preprocessed float32 NCHW (the caller reads
+            "digits" or a folder with `quant.ptq.calibration_arrays`); required for int8.
         input_size: Input side (default: the weights' crop size).
         verify: fp32: logits within `atol` of PyTorch's on random inputs (else UserError).
             int8: top-1 agreement with PyTorch on the calibration images, reported.
@@ -82,7 +81,7 @@ def export_tflite(
     if precision not in ("fp32", "int8"):
         raise UserError(f"--precision {precision}: the tflite export writes fp32 or int8")
     size = example_size(model, input_size)
-    data = _calibration(model, precision, calib, calib_images)
+    data = checked_calibration(precision, calibration)
     content = tflite_bytes(model, size, precision, data)
     path = Path(path)
     results: list[ExportResult] = []
@@ -99,18 +98,6 @@ def export_tflite(
     result = results[0] if results else ExportResult(path, None, "tflite")
     result.path, result.format = path, f"tflite {precision}"
     return result
-
-
-def _calibration(model: nn.Module, precision: str, calib: Any, limit: int) -> np.ndarray | None:
-    if precision != "int8":
-        return None
-    if calib is None:
-        raise UserError("int8 export needs calibration images: --calib digits or a folder "
-                        "of images like the ones the model will see")
-    from mobilenetv2.quant.ptq import calibration_arrays
-    from mobilenetv2.weights.format import meta_or_default
-
-    return calibration_arrays(calib, meta_or_default(model).preprocessing, limit=limit)
 
 
 def tflite_bytes(model: nn.Module, size: int, precision: str = "fp32",

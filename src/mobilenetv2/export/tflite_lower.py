@@ -21,6 +21,8 @@ activations int8 asymmetric per tensor from calibrated min/max (range widened to
 channel (axis 0 of OHWI, axis 3 of depthwise 1HWC), FULLY_CONNECTED weights per tensor as
 the spec lists, biases int32 with scale = input scale x weight scale and zero point 0;
 PAD, RESHAPE and the identity ops keep their input's parameters (the spec requires it).
+
+Long because it holds one emitter per operator, which read best side by side with the table.
 """
 
 from __future__ import annotations
