@@ -33,6 +33,7 @@ from torch import nn
 
 from mobilenetv2.errors import UserError
 from mobilenetv2.runtime.backends import BACKENDS
+from mobilenetv2.runtime.phone import PHONE_SUFFIXES
 from mobilenetv2.runtime.race_cache import RaceCache
 from mobilenetv2.runtime.session import (
     INT8_NEEDS_A_QUANTIZED_MODEL,
@@ -69,11 +70,16 @@ def open_session(
     """
     if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
         return _onnx_session(Path(model), backend, precision, threads, calib)
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in PHONE_SUFFIXES:
+        return InferenceSession(model, backend, precision, threads)
     if not isinstance(model, nn.Module):
         from mobilenetv2.weights import load_weights
 
         model = load_weights(str(model))
-    names = choose_backends(backend, precision, module=True, onnx=True)
+    names = choose_backends(backend, precision, module=True, onnx=True,
+                            files=frozenset(PHONE_SUFFIXES.values()))
+    if BACKENDS[names[0]].runs in PHONE_SUFFIXES.values():
+        return _phone_session(model, names[0], precision, threads, calib, input_size)
     if all(BACKENDS[n].runs != "onnx" for n in names):
         return InferenceSession(model, backend, precision, threads)
     if precision == "int8" and calib is None:
@@ -90,6 +96,34 @@ def open_session(
     try:
         int8 = _quantize(path, Path(tmp.name), calib, meta_or_default(model).preprocessing)
         return InferenceSession(model, backend, precision, threads, onnx_file=int8,
+                                cleanup=tmp.cleanup)
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
+def _phone_session(model: nn.Module, backend: str, precision: str, threads: int | None,
+                   calib: Any, input_size: int | None) -> InferenceSession:
+    """Weights on litert / executorch: exported (verified) into a temporary folder that the
+    session removes on `close()`."""
+    from mobilenetv2.export.executorch import export_executorch
+    from mobilenetv2.export.tflite import export_tflite
+    from mobilenetv2.weights.format import meta_or_default
+
+    if precision == "int8" and calib is None:
+        raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
+    data = None
+    if precision == "int8":
+        from mobilenetv2.quant.ptq import calibration_arrays
+
+        data = calibration_arrays(calib, meta_or_default(model).preprocessing)
+    kind = BACKENDS[backend].runs
+    export = export_tflite if kind == "tflite" else export_executorch
+    tmp = tempfile.TemporaryDirectory(prefix="mobilenetv2-")
+    try:
+        path = export(model, Path(tmp.name) / f"model.{precision}.{kind}", precision=precision,
+                      calibration=data, input_size=input_size).path
+        return InferenceSession(model, backend, precision, threads, phone_file=path,
                                 cleanup=tmp.cleanup)
     except BaseException:
         tmp.cleanup()

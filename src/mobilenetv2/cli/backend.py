@@ -74,7 +74,7 @@ def model_and_session(args: Any) -> tuple[Any, Any]:
     weights spec is loaded and handed to the session; one of our `.onnx` files (export,
     quantize) is run as it is, its preprocessing and labels read from its metadata, and the
     model is the session's tensor adapter."""
-    if str(args.weights).lower().endswith(".onnx"):
+    if str(args.weights).lower().endswith((".onnx", ".tflite", ".pte")):
         session = session_from_args(args.weights, args)
         return session.as_module(), session
     from mobilenetv2.weights import load_weights

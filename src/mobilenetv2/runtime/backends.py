@@ -65,7 +65,8 @@ class Backend:
         name: What `--backend` takes.
         package: The module imported to run it, also the name to `pip install`.
         precisions: Numeric precisions it runs correctly.
-        runs: "module" (a PyTorch `nn.Module`) or "onnx" (an ONNX file).
+        runs: "module" (a PyTorch `nn.Module`), "onnx" (an ONNX file), "tflite" or "pte"
+            (the phone formats, `runtime.phone`).
         build: `build(source, precision, threads) -> Runner`, `source` a module or a path.
     """
 
@@ -204,10 +205,26 @@ def _torch_runner(module: nn.Module, precision: str, threads: int | None) -> Run
     return run
 
 
+def _phone_runner(kind: str) -> Callable[[Any, str, int | None], Runner]:
+    """LiteRT or ExecuTorch on XNNPACK (`runtime.phone`, imported when first used)."""
+
+    def build(path: Any, precision: str, threads: int | None) -> Runner:
+        from mobilenetv2.runtime import phone
+
+        return getattr(phone, f"{kind}_runner")(path, precision, threads)
+
+    return build
+
+
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("torch", "torch", ("fp32", "bf16"), "module", _torch_runner),
     Backend("onnxruntime", "onnxruntime", ("fp32", "int8"), "onnx", _onnxruntime_runner),
     Backend("openvino", "openvino", ("fp32", "bf16", "int8"), "onnx", _openvino_runner),
+    # the phone runtimes, on this CPU: never chosen by `auto` for weights (they need an
+    # export first), but `auto` on a .tflite / .pte file runs it in its own runtime
+    Backend("litert", "ai_edge_litert", ("fp32", "int8"), "tflite", _phone_runner("litert")),
+    Backend("executorch", "executorch", ("fp32", "int8"), "pte",
+            _phone_runner("executorch")),
 )}
 AUTO_ORDER = {
     "fp32": ("onnxruntime", "openvino", "torch"),

@@ -15,6 +15,7 @@ another). Backends, their precisions and the precision rules: `runtime.backends`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from mobilenetv2.runtime.backends import (
     available_backends,
     backend_installed,
 )
+from mobilenetv2.runtime.phone import PHONE_SUFFIXES
 from mobilenetv2.runtime.race_cache import RaceCache
 
 __all__ = ["INT8_NEEDS_A_QUANTIZED_MODEL", "InferenceSession", "choose_backends", "race"]
@@ -51,7 +53,8 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool) -> list[str]:
+def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
+                    files: frozenset[str] = frozenset()) -> list[str]:
     """The backend a session starts on, then (for "auto") the one it races it against.
 
     Args:
@@ -59,6 +62,8 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool) -
         precision: One of `PRECISIONS`.
         module: A PyTorch model is available (the `torch` backend can run).
         onnx: An ONNX file in this precision is available (the ONNX backends can run).
+        files: Kinds of phone file available ("tflite", "pte"; `runtime.phone`): `auto`
+            runs such a file in its own runtime.
 
     Raises:
         UserError: The backend cannot run the precision or the sources, or is not installed.
@@ -66,11 +71,15 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool) -
     _check_choice("backend", backend, ("auto", *BACKENDS))
     _check_choice("precision", precision, PRECISIONS)
     candidates = AUTO_ORDER[precision] if backend == "auto" else (backend,)
+    if backend == "auto" and files and not module and not onnx:
+        candidates = tuple(b for b in BACKENDS if BACKENDS[b].runs in files)
+    phone = backend != "auto" and BACKENDS[backend].runs not in ("module", "onnx")
     if not module:
         candidates = tuple(b for b in candidates if BACKENDS[b].runs != "module")
         if not candidates:
-            raise UserError("the torch backend runs our .safetensors weights, not .onnx "
-                            "files; use --backend onnxruntime or openvino")
+            raise UserError("the torch backend runs our .safetensors weights, not .onnx, "
+                            ".tflite or .pte files; use --backend onnxruntime, openvino, "
+                            "litert or executorch")
     if backend != "auto":
         if precision not in BACKENDS[backend].precisions:
             hint = ", ".join(b for b in BACKENDS if precision in BACKENDS[b].precisions)
@@ -80,8 +89,15 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool) -
             raise UserError(f"backend {backend} is not installed (pip install "
                             f"{BACKENDS[backend].package}); installed: "
                             f"{', '.join(available_backends())}")
-    runnable = [b for b in candidates if BACKENDS[b].runs != "onnx" or onnx]
+    runnable = [b for b in candidates if BACKENDS[b].runs == "module"
+                or (BACKENDS[b].runs == "onnx" and onnx) or BACKENDS[b].runs in files]
     if not runnable:
+        if phone:
+            kind = BACKENDS[backend].runs
+            raise UserError(f"backend {backend} runs .{kind} files: pass one (`mobilenetv2 "
+                            f"export --format {'tflite' if kind == 'tflite' else 'executorch'}"
+                            f"`), or our weights through mobilenetv2.deploy.open_session, "
+                            f"which exports them")
         if precision == "int8":
             raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
         raise UserError(f"backend {backend} runs ONNX files: pass one (`mobilenetv2 "
@@ -134,6 +150,8 @@ class InferenceSession:
             torch backend applies it process-wide (`torch.set_num_threads`).
         onnx_file: With a module: its ONNX export in `precision` (float for fp32 and bf16,
             QDQ for int8), so that the ONNX backends can run it too.
+        phone_file: With a module: its `.tflite` or `.pte` export in `precision`, for the
+            litert / executorch backends. `model` may also be such a file itself.
         cleanup: Called by `close()` (e.g. removing the folder `onnx_file` lives in).
     """
 
@@ -145,6 +163,7 @@ class InferenceSession:
         threads: int | None = None,
         *,
         onnx_file: str | os.PathLike | None = None,
+        phone_file: str | os.PathLike | None = None,
         cleanup: Callable[[], None] | None = None,
     ) -> None:
         _check_choice("backend", backend, ("auto", *BACKENDS))
@@ -155,6 +174,7 @@ class InferenceSession:
         self._cleanup = cleanup
         self.module: nn.Module | None = None
         self.onnx_path: Path | None = None
+        self.phone_path: Path | None = None
         self.meta: Any = None
         self.metadata: dict[str, str] = {}
         # the timer `auto` races backends with (a test replaces it with a fake clock), and
@@ -166,16 +186,22 @@ class InferenceSession:
             self.meta = model.meta
             if onnx_file is not None:
                 self.onnx_path = _existing(onnx_file)
+            if phone_file is not None:
+                self.phone_path = _existing(phone_file)
         elif str(model).lower().endswith(".onnx"):
             precision = self._open_onnx(_existing(model), precision)
+        elif Path(model).suffix.lower() in PHONE_SUFFIXES:
+            precision = self._open_phone(_existing(model), precision)
         else:
             from mobilenetv2.weights import load_weights
 
             self.module = load_weights(str(model)).eval()
             self.meta = self.module.meta
         self.precision = precision
+        files = frozenset() if self.phone_path is None else frozenset(
+            {PHONE_SUFFIXES[self.phone_path.suffix.lower()]})
         names = choose_backends(backend, precision, module=self.module is not None,
-                                onnx=self.onnx_path is not None)
+                                onnx=self.onnx_path is not None, files=files)
         self.backend = names[0]
         self._alternates = names[1:]
         self._run = self._build(self.backend)
@@ -200,9 +226,24 @@ class InferenceSession:
             raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)
         return precision
 
+    def _open_phone(self, path: Path, precision: str) -> str:
+        """Read a .tflite / .pte file's metadata; returns the precision it runs in."""
+        from mobilenetv2.runtime.phone import phone_metadata, phone_precision, phone_weights_meta
+
+        self.phone_path = path
+        doc = phone_metadata(path)
+        self.metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()}
+        self.meta = phone_weights_meta(doc)
+        file_precision = phone_precision(doc, path)
+        if file_precision != precision and precision != "fp32":
+            raise UserError(f"{path} is an {file_precision} model; it cannot run in "
+                            f"{precision} (export it again with --precision {precision})")
+        return file_precision  # the file decides; never report int8 as fp32
+
     def _build(self, name: str) -> Runner:
         spec = BACKENDS[name]
-        source = self.module if spec.runs == "module" else self.onnx_path
+        source = {"module": self.module, "onnx": self.onnx_path}.get(spec.runs,
+                                                                     self.phone_path)
         return spec.build(source, self.precision, self.threads)
 
     def describe(self) -> str:

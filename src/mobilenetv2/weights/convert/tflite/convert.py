@@ -95,7 +95,8 @@ def _arch_facts(arch: ArchSpec) -> dict[str, Any]:
     }
 
 
-def _infer_config(net: Network, resolution: int, num_classes: int, source: str) -> ModelConfig:
+def _infer_config(net: Network, resolution: int, num_classes: int, source: str,
+                  padding: str = "tf_same") -> ModelConfig:
     """The `ModelConfig` whose `resolve()` reproduces every layer of the file (several widths
     can round to the same channels, and then each is the same network)."""
     facts = _layer_facts(net)
@@ -108,7 +109,7 @@ def _infer_config(net: Network, resolution: int, num_classes: int, source: str) 
         num_classes=num_classes,
         bn_eps=BN_EPS,
         bn_momentum=BN_MOMENTUM,
-        padding="tf_same",
+        padding=padding,
         output_stride=output_stride,
         small_input=facts["stem_stride"] == 1,
     )
@@ -198,9 +199,12 @@ def convert_tflite(
     if h != wd:
         raise UserError(f"{source}: non-square input {h}x{wd} is not supported")
     num_classes = int(net.logits.weight.shape[0])
-    check_layers(net, h, source)
-    cfg = _infer_config(net, h, num_classes, source)
+    padding = check_layers(net, h, source)
+    cfg = _infer_config(net, h, num_classes, source, padding)
     state = _state_dict(net)
+    ours = _our_metadata(graph, source)  # a file `mobilenetv2 export --format tflite` wrote
+    if labels is None and ours is not None and ours.get("labels") is not None:
+        labels = list(ours["labels"])
     if labels is not None:
         labels = list(labels)
         if len(labels) != num_classes:
@@ -210,6 +214,9 @@ def convert_tflite(
     else:
         labels = imagenet_labels(num_classes)
     pre, input_desc = _preprocessing(inp, h, source)
+    if ours is not None:  # what the exporter recorded, not the conventions guessed above
+        pre = Preprocessing.from_dict(ours["preprocessing"])
+        input_desc = f"{input_desc} (preprocessing from the file's mobilenetv2 metadata)"
     kinds = sorted({_quant_kind(graph.tensors[c.op.inputs[1]]) for c in all_convs(net)})
     meta = WeightsMeta(
         config=cfg,
@@ -231,6 +238,22 @@ def convert_tflite(
     log.info("converted %s: width %s, %dx%d, %d classes, weights %s", source, cfg.width, h, h,
              num_classes, ", ".join(kinds))
     return Converted(state_dict=state, meta=meta)
+
+
+def _our_metadata(graph: Any, source: str) -> dict[str, Any] | None:
+    """The JSON document our exporter writes (metadata entry `mobilenetv2`), if any."""
+    import json
+
+    raw = graph.metadata.get("mobilenetv2")
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("preprocessing"), dict):
+            raise ValueError("no preprocessing")
+        return doc
+    except ValueError as e:
+        raise UserError(f"{source}: corrupt mobilenetv2 metadata ({e})") from e
 
 
 def _quant_kind(t: TensorInfo) -> str:

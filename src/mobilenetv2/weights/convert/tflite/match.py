@@ -240,13 +240,18 @@ def _check_pool(w: _Walker, pool: OpInfo, feature_shape: tuple[int, ...]) -> Non
         )
 
 
-def check_layers(net: Network, resolution: int, source: str) -> None:
-    """Kernel sizes, padding and activations: everything `resolve()` does not describe."""
+def check_layers(net: Network, resolution: int, source: str) -> str:
+    """Kernel sizes, padding and activations: everything `resolve()` does not describe.
+
+    Returns the padding the file computes: "tf_same", or "symmetric" when its explicit pads
+    are PyTorch's (our own exports of `padding="symmetric"` models); where the two agree
+    (stride 1, odd sizes) a layer says nothing, and "tf_same" is the default."""
 
     def fail(conv: Conv, what: str) -> UserError:
         return UserError(f"{source}: {conv.name}: {what}")
 
     size = resolution
+    styles: set[str] = set()
     convs: list[tuple[Conv, int, str]] = [(net.stem, 3, "relu6")]
     for b in net.blocks:
         if b.expand is not None:
@@ -272,24 +277,35 @@ def check_layers(net: Network, resolution: int, source: str) -> None:
         if conv.bias is None or conv.bias.shape != (out_ch,):
             raise fail(conv, "missing or mis-shaped bias (the folded BatchNorm)")
         stride, dil = opts["stride"][0], opts["dilation"][0]
-        _check_padding(conv, size, k, stride, dil, fail)
+        styles.add(_check_padding(conv, size, k, stride, dil, fail))
         size = (size + stride - 1) // stride
     lw = net.logits.weight
     if net.logits.op.kind == "CONV_2D" and lw.shape[1:3] != (1, 1):
         raise fail(net.logits, f"classifier kernel {lw.shape[1]}x{lw.shape[2]}, expected 1x1")
     if net.logits.op.options.get("activation", "none") != "none":
         raise fail(net.logits, f"fused {net.logits.op.options['activation']} on the logits")
+    styles.discard("either")
+    if len(styles) > 1:
+        raise UserError(f"{source}: some convs pad as TF SAME, others symmetrically (PyTorch); "
+                        "MobileNetV2 pads one way throughout")
+    return "symmetric" if styles == {"symmetric"} else "tf_same"
 
 
-def _check_padding(conv: Conv, size: int, k: int, stride: int, dil: int, fail: Any) -> None:
+def _check_padding(conv: Conv, size: int, k: int, stride: int, dil: int, fail: Any) -> str:
+    """"tf_same", "symmetric" (the pads only that style gives) or "either"."""
     padding = conv.op.options["padding"]
     same = tf_same_padding(size, k, stride, dil)
+    sym = ((k - 1) // 2 * dil,) * 2
     if conv.pad is not None:
-        if padding != "VALID" or conv.pad != same + same:
-            raise fail(conv, f"explicit padding {conv.pad} + {padding} differs from TF SAME "
-                             f"{same + same} at input size {size}")
-    elif padding != "SAME" and k > 1:
+        if padding == "VALID" and conv.pad in (same + same, sym + sym):
+            if same == sym:
+                return "either"
+            return "tf_same" if conv.pad == same + same else "symmetric"
+        raise fail(conv, f"explicit padding {conv.pad} + {padding} differs from TF SAME "
+                         f"{same + same} and from symmetric {sym + sym} at input size {size}")
+    if padding != "SAME" and k > 1:
         raise fail(conv, f"{padding} padding on a {k}x{k} conv (MobileNetV2 pads SAME)")
+    return "either" if same == sym or k == 1 else "tf_same"
 
 
 def all_convs(net: Network) -> list[Conv]:

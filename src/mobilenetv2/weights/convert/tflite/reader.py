@@ -72,6 +72,7 @@ class TFLiteGraph:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     description: str = ""
+    metadata: dict[str, bytes] = field(default_factory=dict)  # Model.metadata entries
 
 
 def read_tflite_graph(path: str | os.PathLike) -> TFLiteGraph:
@@ -126,6 +127,13 @@ def _parse(data: bytes, source: str) -> TFLiteGraph:
         inputs = tuple(int(t) for t in g.InputsAsNumpy())
         outputs = tuple(int(t) for t in g.OutputsAsNumpy())
         desc = (model.Description() or b"").decode(errors="replace")
+        metadata = {}
+        for i in range(model.MetadataLength()):
+            m = model.Metadata(i)
+            if m.Buffer() < model.BuffersLength():
+                metadata[(m.Name() or b"").decode(errors="replace")] = (
+                    model.Buffers(m.Buffer()).DataAsNumpy().tobytes()
+                    if model.Buffers(m.Buffer()).DataLength() else b"")
     except UserError:
         raise
     except Exception as e:  # flatbuffers raises assorted errors on corrupt input
@@ -133,7 +141,7 @@ def _parse(data: bytes, source: str) -> TFLiteGraph:
             f"{source}: corrupt or truncated TensorFlow Lite flatbuffer "
             f"({type(e).__name__}: {e})"
         ) from e
-    return TFLiteGraph(tensors, ops, inputs, outputs, desc)
+    return TFLiteGraph(tensors, ops, inputs, outputs, desc, metadata)
 
 
 def _tensor(model: Any, t: Any, index: int, data: bytes) -> TensorInfo:
