@@ -148,4 +148,7 @@ def format_markdown(report: dict[str, Any], command: str = "") -> str:
                      f"{s1:.2f}x | >= {t1:g}x | {'yes' if s1 >= t1 else 'NO'} |")
         lines.append(f"| default fp32 ({d['path']}) vs torchvision eager, batch {b} | "
                      f"{sb:.2f}x | >= {tb:g}x | {'yes' if sb >= tb else 'NO'} |")
+    if report.get("file_sizes"):
+        lines += ["", "| exported file | size (KiB) |", "|---|---:|"]
+        lines += [f"| {name} | {n / 1024:.0f} |" for name, n in report["file_sizes"].items()]
     return "\n".join(lines) + "\n"

@@ -20,7 +20,12 @@ import torch
 
 from mobilenetv2.benchmark.report import make_report
 from mobilenetv2.benchmark.timing import time_interleaved
-from mobilenetv2.benchmark.variants import benchmark_model, build_variants, versions
+from mobilenetv2.benchmark.variants import (
+    benchmark_model,
+    build_variants,
+    file_sizes,
+    versions,
+)
 from mobilenetv2.runtime.cpu import cpu_peak
 
 __all__ = ["BenchmarkConfig", "run_benchmark"]
@@ -42,6 +47,8 @@ class BenchmarkConfig:
         width: Width of the random-weight model (and of the torchvision baseline).
         cpu_ghz: Clock for the roofline (default: detected; /proc/cpuinfo may report the
             base clock rather than the sustained all-core one).
+        phone: Also time LiteRT and ExecuTorch (XNNPACK) on our .tflite / .pte exports
+            where installed (ExecuTorch's lowering adds a minute or two).
     """
 
     weights: str | None = None
@@ -53,6 +60,7 @@ class BenchmarkConfig:
     batch_runs: int = 2
     width: float = 1.0
     cpu_ghz: float | None = None
+    phone: bool = True
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchmarkConfig:
@@ -60,7 +68,7 @@ class BenchmarkConfig:
         # One thread: on a loaded 2-core machine a 2-thread OpenMP region waits for a
         # descheduled thread at every layer (measured: 2.4 s instead of 7 ms per image).
         base = {"size": 64, "rounds": 2, "runs": 3, "batch": 4, "batch_runs": 1,
-                "width": 0.35, "threads": 1}
+                "width": 0.35, "threads": 1, "phone": False}
         base.update(kw)
         return cls(**base)
 
@@ -78,12 +86,16 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
     try:
         model, what = benchmark_model(cfg.weights, cfg.width, cfg.size)
         with tempfile.TemporaryDirectory(prefix="mobilenetv2-bench-") as tmp:
-            variants = build_variants(model, cfg.size, cfg.width, threads, Path(tmp))
+            variants = build_variants(model, cfg.size, cfg.width, threads, Path(tmp),
+                                      phone=cfg.phone)
+            sizes = file_sizes(Path(tmp))
             timings = time_interleaved({v.name: v.run for v in variants}, x1, xb,
                                        rounds=cfg.rounds, runs=cfg.runs,
                                        batch_runs=cfg.batch_runs, progress=progress)
     finally:
         torch.set_num_threads(prev_threads)
     flops = 2 * profile(model.config, cfg.size).madds
-    return make_report(asdict(cfg), variants, timings, what, threads, flops,
-                       cpu_peak(threads, cfg.cpu_ghz), versions())
+    report = make_report(asdict(cfg), variants, timings, what, threads, flops,
+                         cpu_peak(threads, cfg.cpu_ghz), versions())
+    report["file_sizes"] = sizes
+    return report

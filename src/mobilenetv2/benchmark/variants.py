@@ -3,6 +3,9 @@
 torchvision's eager MobileNetV2 (the baseline), our `InferenceSession` pinned to each
 backend and precision, `backend="auto"` per precision, and ONNX Runtime / OpenVINO run
 directly with their plain APIs on the very ONNX files our sessions run (the "peers").
+With `phone`, also the phone runtimes on this CPU (kind "phone"): our `.tflite` in LiteRT
+and our `.pte` in ExecuTorch, both on XNNPACK, fp32 and int8 (calibrated on the same
+images as the ONNX int8 model); `file_sizes` lists every exported file's size.
 
 Without `--weights` the model has random weights whose BatchNorm statistics are
 re-estimated (`random_model`): with the raw initialisation the activations collapse to
@@ -28,8 +31,8 @@ from mobilenetv2.runtime.backends import backend_installed
 from mobilenetv2.runtime.cpu import cpu_has_bf16
 from mobilenetv2.runtime.session import InferenceSession
 
-__all__ = ["Variant", "auto_variant", "benchmark_model", "build_variants", "random_model",
-           "versions"]
+__all__ = ["Variant", "auto_variant", "benchmark_model", "build_variants", "file_sizes",
+           "phone_variants", "random_model", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,13 @@ def versions() -> dict[str, str]:
         if backend_installed(name):
             mod = __import__(name)
             out[name] = getattr(mod, "__version__", None) or mod.get_version()
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("ai-edge-litert", "executorch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return out
 
 
@@ -117,7 +127,7 @@ def _peer(backend: str, path: Path, precision: str, threads: int) -> Callable[[n
 
 
 def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
-                   work: Path) -> list[Variant]:
+                   work: Path, phone: bool = False) -> list[Variant]:
     """Every path to time; the fp32 and int8 ONNX files go to `work`.
 
     Args:
@@ -125,6 +135,7 @@ def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
         size: Input side.
         width: Width of the torchvision baseline.
         threads: Intra-op threads for every runtime.
+        phone: Also export and time the LiteRT and ExecuTorch files (`phone_variants`).
     """
     from mobilenetv2.export.onnx import export_onnx
     from mobilenetv2.quant.ptq import quantize_onnx
@@ -172,7 +183,40 @@ def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
                 variants.append(Variant(f"{backend} direct {precision}", "peer", backend,
                                         precision, _peer(backend, files[precision], precision,
                                                          threads)))
+    if phone:
+        calib = torch.randn(32, 3, size, size, generator=gen).numpy()
+        variants += phone_variants(model, size, threads, work, calib)
     return variants
+
+
+def phone_variants(model: MobileNetV2, size: int, threads: int, work: Path,
+                   calib: np.ndarray) -> list[Variant]:
+    """Our .tflite in LiteRT and .pte in ExecuTorch (XNNPACK), fp32 and int8, as sessions
+    pinned to those backends; files written to `work`."""
+    from mobilenetv2.export.executorch import export_executorch
+    from mobilenetv2.export.tflite import export_tflite
+
+    out = []
+    for backend, export, suffix in (("litert", export_tflite, "tflite"),
+                                    ("executorch", export_executorch, "pte")):
+        if not backend_installed(backend):
+            log.warning("%s is not installed: no %s rows", backend, backend)
+            continue
+        for precision in ("fp32", "int8"):
+            path = export(model, work / f"model.{precision}.{suffix}", precision=precision,
+                          calibration=calib if precision == "int8" else None,
+                          input_size=size).path
+            sess = InferenceSession(path, backend=backend, precision=precision,
+                                    threads=threads)
+            out.append(Variant(f"{backend} xnnpack {precision}", "phone", backend, precision,
+                               sess))
+    return out
+
+
+def file_sizes(work: Path) -> dict[str, int]:
+    """Every exported file in `work` (ONNX, tflite, pte) and its size in bytes."""
+    return {p.name: p.stat().st_size for p in sorted(work.iterdir())
+            if p.suffix in (".onnx", ".tflite", ".pte")}
 
 
 def auto_variant(variants: list[Variant], precision: str) -> Variant | None:

@@ -34,7 +34,9 @@ class Args:
     size: int | None = option(None, minimum=1, metavar="N", help="input side (default: 224)")
     cpu_ghz: float | None = option(None, minimum=1, metavar="GHZ",
                                    help="clock for the roofline estimate (default: detected)")
-    quick: bool = option(False, help="seconds-long smoke run")
+    quick: bool = option(False, help="seconds-long smoke run (no phone runtimes)")
+    no_phone: bool = option(False, help="skip LiteRT and ExecuTorch (their exports take a "
+                            "minute or two)")
     json: bool = shared("json", False)
     markdown: str | None = option(None, metavar="FILE",
                                   help="also write the markdown table here")
@@ -45,7 +47,7 @@ def run(args: Args) -> int:
 
     given = {"weights": args.weights, "threads": threads_or_none(args.threads),
              "rounds": args.rounds, "runs": args.runs, "batch": args.batch, "size": args.size,
-             "cpu_ghz": args.cpu_ghz}
+             "cpu_ghz": args.cpu_ghz, "phone": False if args.no_phone else None}
     given = {k: v for k, v in given.items() if v is not None}
     cfg = BenchmarkConfig.quick(**given) if args.quick else BenchmarkConfig(**given)
     report = run_benchmark(cfg, progress=sys.stderr.isatty())

@@ -67,7 +67,9 @@ def litert_runner(path: str | os.PathLike, precision: str, threads: int | None) 
         y = interp.get_tensor(out["index"])
         if np.issubdtype(y.dtype, np.integer):
             y = (y.astype(np.float32) - out_zp) * np.float32(out_scale)
-        return y.astype(np.float32, copy=False)
+        if y.ndim == 4:  # a dense head's map (segmentation): back to PyTorch's NCHW
+            y = y.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(y, dtype=np.float32)
 
     return run
 
