@@ -74,13 +74,27 @@ def model_and_session(args: Any) -> tuple[Any, Any]:
     weights spec is loaded and handed to the session; one of our `.onnx` files (export,
     quantize) is run as it is, its preprocessing and labels read from its metadata, and the
     model is the session's tensor adapter."""
-    if str(args.weights).lower().endswith((".onnx", ".tflite", ".pte")):
+    if str(args.weights).lower().endswith((".onnx", ".pte")) or _runs_as_tflite(args):
         session = session_from_args(args.weights, args)
         return session.as_module(), session
     from mobilenetv2.weights import load_weights
 
     model = load_weights(args.weights)
     return model, session_from_args(model, args)
+
+
+def _runs_as_tflite(args: Any) -> bool:
+    """A .tflite runs in LiteRT as it is when we wrote it (its metadata says what it
+    needs) or when `--backend litert` asks; any other .tflite is converted, as before."""
+    from pathlib import Path
+
+    if not str(args.weights).lower().endswith(".tflite") or not Path(args.weights).is_file():
+        return False
+    if args.backend == "litert":
+        return True
+    from mobilenetv2.runtime.phone import phone_metadata
+
+    return "config" in phone_metadata(args.weights)
 
 
 def session_runner(session: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:

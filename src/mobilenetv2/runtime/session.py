@@ -234,6 +234,14 @@ class InferenceSession:
         doc = phone_metadata(path)
         self.metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()}
         self.meta = phone_weights_meta(doc)
+        if self.meta is None and path.suffix.lower() == ".tflite":
+            # a foreign classifier: what the converter infers (input range, labels)
+            from mobilenetv2.weights.convert.tflite import convert_tflite
+
+            try:
+                self.meta = convert_tflite(path).meta
+            except UserError:
+                pass
         file_precision = phone_precision(doc, path)
         if file_precision != precision and precision != "fp32":
             raise UserError(f"{path} is an {file_precision} model; it cannot run in "
