@@ -37,6 +37,15 @@ lint: $(STAMP)
 deploy-demo: $(STAMP)
 	$(BIN)/mobilenetv2 deploy-demo --weights runs/demo/model.safetensors
 
+# The demo model on a phone's runtimes (issue 11): .tflite and .pte, fp32 and int8 (calibrated
+# on the digits train split), each verified in its own runtime (LiteRT, ExecuTorch; XNNPACK).
+.PHONY: phone-demo
+phone-demo: $(STAMP)
+	$(BIN)/mobilenetv2 export --weights runs/demo/model.safetensors --format tflite -o runs/demo/model.tflite
+	$(BIN)/mobilenetv2 export --weights runs/demo/model.safetensors --format tflite --precision int8 --calib digits -o runs/demo/model.int8.tflite
+	$(BIN)/mobilenetv2 export --weights runs/demo/model.safetensors --format executorch -o runs/demo/model.pte
+	$(BIN)/mobilenetv2 export --weights runs/demo/model.safetensors --format executorch --precision int8 --calib digits -o runs/demo/model.int8.pte
+
 readme-table: $(STAMP)
 	$(BIN)/python bench/readme_table.py
 
