@@ -39,6 +39,7 @@ from mobilenetv2.export.common import (
     check_agreement,
     checked_calibration,
     example_size,
+    one_thread,
     phone_metadata,
 )
 
@@ -131,7 +132,7 @@ def _quantize(gm: torch.fx.GraphModule, data: np.ndarray | None) -> torch.fx.Gra
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_pt2e(gm, quantizer)
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             # the captured graph has a static batch of 1
             for i in tqdm(range(len(data)), desc="calibrating", unit="image", leave=False,
                           disable=len(data) < 64):

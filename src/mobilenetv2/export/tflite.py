@@ -44,6 +44,7 @@ from mobilenetv2.export.common import (
     check_agreement,
     checked_calibration,
     example_size,
+    one_thread,
     phone_metadata,
 )
 from mobilenetv2.export.tflite_lower import LOWERINGS, Lowering, QParams, activation_qparams
@@ -178,7 +179,7 @@ def _ranges(gm: torch.fx.GraphModule, data: np.ndarray) -> dict[str, tuple[float
             return out
 
     rec = Recorder(gm)
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         for i in tqdm(range(len(data)), desc="calibrating", unit="image", leave=False,
                       disable=len(data) < 64):
             rec.run(torch.from_numpy(np.ascontiguousarray(data[i:i + 1])))
