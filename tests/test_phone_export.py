@@ -199,6 +199,18 @@ def test_export_cli_and_session(tmp_path, capsys) -> None:
     with InferenceSession(out) as s:  # auto runs a .tflite in LiteRT
         assert s.backend == "litert" and s.labels == model.meta.labels
         assert np.abs(s(x) - _torch_logits(model, x)).max() <= 1e-4
+    from PIL import Image
+
+    img = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 90, 3), np.uint8)).save(img)
+    assert main(["predict", "--weights", str(out), "--json", "--topk", "1", str(img)]) == 0
+    printed = capsys.readouterr().out
+    with torch.inference_mode():  # PyTorch on the same preprocessed image
+        from mobilenetv2.data.images import open_image
+        from mobilenetv2.data.transforms import eval_transform
+
+        t = open_image(img, eval_transform(model.meta.preprocessing))[None]
+        assert model.meta.labels[int(model(t).argmax())] in printed
     assert main(["export", "--weights", str(weights), "--format", "tflite", "--precision",
                  "int8", "-o", str(tmp_path / "q.tflite")]) == 2
     assert "--calib" in capsys.readouterr().err
