@@ -6,8 +6,9 @@ Making the ONNX file a backend needs (fp32 export, int8 quantization with calibr
 `mobilenetv2.deploy.open_session`'s job, a layer above.
 
 `backend="auto"` starts on the first installed backend of `AUTO_ORDER[precision]` that can
-run the sources given, then times each new input shape once on it and on the next such
-backend and keeps the faster (`race`): on this project's CPU (AVX-512 VNNI/BF16,
+run the sources given, then races each new input shape once on it and on the next such
+backend and keeps the faster (`race`: rotating interleaved rounds, an untimed run before
+each runner's timed runs, the median round decides): on this project's CPU (AVX-512 VNNI/BF16,
 docs/BENCHMARKS.md) the fp32 winner between ONNX Runtime and OpenVINO changed from run to
 run, at batch 1 too (ONNX Runtime 2.9 vs OpenVINO 3.6 ms in one run, 3.0 vs 2.2 ms in
 another). Backends, their precisions and the precision rules: `runtime.backends`.
