@@ -164,22 +164,26 @@ def test_tflite_int8_top1_equals_float_on_photos(official, tmp_path) -> None:
     assert doc["input"]["scale"] == pytest.approx(inp["quantization"][0])
 
 
-@pytest.mark.parametrize("padding,output_stride", [("tf_same", 16), ("symmetric", 32)])
-def test_tflite_paddings_and_output_stride(tmp_path, padding, output_stride) -> None:
+@pytest.mark.parametrize("padding,output_stride,small", [
+    ("tf_same", 16, False), ("symmetric", 32, False), ("symmetric", 32, True)])
+def test_tflite_paddings_and_output_stride(tmp_path, padding, output_stride, small) -> None:
     from mobilenetv2.benchmark import random_model as make
     from mobilenetv2.export.tflite import export_tflite
     from mobilenetv2.weights.convert.tflite import convert_tflite
 
-    cfg = ModelConfig(width=0.35, num_classes=5, resolution=67, padding=padding,
-                      output_stride=output_stride)
+    # 67: the odd first side pads alike in both styles, the later even ones tell them apart
+    size = 32 if small else 67
+    cfg = ModelConfig(width=0.35, num_classes=5, resolution=size, padding=padding,
+                      output_stride=output_stride, small_input=small)
     model = make(cfg, labels=list("abcde"))
-    x = torch.randn(2, 3, 67, 67).numpy()
+    x = torch.randn(2, 3, size, size).numpy()
     path = export_tflite(model, tmp_path / "m.tflite").path
     got, _ = _litert_logits(path, x)
     assert np.abs(got - _torch_logits(model, x)).max() <= 1e-4
     back = convert_tflite(path)
     assert back.meta.config.padding == padding
     assert back.meta.config.output_stride == output_stride
+    assert back.meta.config.small_input == small
     again = MobileNetV2(back.meta.config)
     again.load_state_dict(back.state_dict)
     assert np.abs(_torch_logits(again, x) - _torch_logits(model, x)).max() <= 1e-5

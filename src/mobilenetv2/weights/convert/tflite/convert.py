@@ -104,6 +104,9 @@ def _infer_config(net: Network, resolution: int, num_classes: int, source: str,
     for b in facts["blocks"]:
         total_stride *= b[3]
     output_stride = total_stride if total_stride in (8, 16) else 32
+    if facts["stem_stride"] == 1:
+        # small_input (stride 8 by itself, the CIFAR-style preset): output_stride stays 32
+        output_stride = 32
     base = ModelConfig(
         resolution=max(resolution, 32),
         num_classes=num_classes,
