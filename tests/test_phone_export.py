@@ -285,3 +285,23 @@ def test_int8_digits_accuracy_within_one_point(digits_weights, tmp_path) -> None
           f"executorch int8 {q_pte:.2f}% ({len(y)} images)")
     assert fp >= 90  # a real classifier, else the comparison says nothing
     assert abs(q_tfl - fp) <= 1.0 and abs(q_pte - fp) <= 1.0
+
+
+def test_open_session_exports_weights_for_litert(tmp_path) -> None:
+    """`--backend litert` on float weights: `deploy.open_session` exports the .tflite (fp32,
+    and int8 from calibration images) into a folder the session removes on close."""
+    from mobilenetv2.deploy import open_session
+
+    model = random_model(width=0.35, size=64)
+    x = torch.randn(3, 3, 64, 64).numpy()
+    with open_session(model, backend="litert") as s:
+        assert s.backend == "litert" and s.phone_path.suffix == ".tflite"
+        assert np.abs(s(x) - _torch_logits(model, x)).max() <= 1e-4
+        folder = s.phone_path.parent
+    assert not folder.exists()
+    with open_session(model, backend="litert", precision="int8", calib=x) as s:
+        it = litert.Interpreter(model_path=str(s.phone_path))
+        assert s.precision == "int8" and it.get_input_details()[0]["dtype"] == np.int8
+        assert np.isfinite(s(x)).all()
+    with pytest.raises(UserError, match="int8 needs"):
+        open_session(model, backend="litert", precision="int8")
