@@ -261,13 +261,7 @@ def test_executorch_tf_same_output_stride_16(tmp_path) -> None:
     assert np.abs(_executorch_logits(path, x) - _torch_logits(model, x)).max() <= 1e-4
 
 
-@pytest.mark.slow
-def test_int8_digits_accuracy_within_one_point(digits_weights, tmp_path) -> None:
-    """int8 of a real trained classifier, calibrated on the digits train split, measured on
-    its test split in each runtime against the float model's accuracy."""
-    pytest.importorskip("executorch", reason="needs executorch (the mobile extra)")
-    from mobilenetv2.export.executorch import export_executorch
-    from mobilenetv2.export.tflite import export_tflite
+def _digits(digits_weights):
     from mobilenetv2.quant.ptq import calibration_arrays, labelled_arrays
     from mobilenetv2.weights import load_weights
 
@@ -275,16 +269,31 @@ def test_int8_digits_accuracy_within_one_point(digits_weights, tmp_path) -> None
     calib = calibration_arrays("digits", DIGITS_PRE, limit=256)
     x, y = labelled_arrays("digits", DIGITS_PRE, split="test")
     fp = float((_torch_logits(model, x).argmax(1) == y).mean() * 100)
-    tfl = export_tflite(model, tmp_path / "d.tflite", precision="int8",
-                        calibration=calib).path
-    q_tfl = float((_litert_logits(tfl, x)[0].argmax(1) == y).mean() * 100)
-    pte = export_executorch(model, tmp_path / "d.pte", precision="int8",
-                            calibration=calib).path
-    q_pte = float((_executorch_logits(pte, x).argmax(1) == y).mean() * 100)
-    print(f"\ndigits test top-1: float {fp:.2f}%, tflite int8 {q_tfl:.2f}%, "
-          f"executorch int8 {q_pte:.2f}% ({len(y)} images)")
     assert fp >= 90  # a real classifier, else the comparison says nothing
-    assert abs(q_tfl - fp) <= 1.0 and abs(q_pte - fp) <= 1.0
+    return model, calib, x, y, fp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "executorch"])
+def test_int8_digits_accuracy_within_one_point(digits_weights, tmp_path, fmt) -> None:
+    """int8 of a real trained classifier, calibrated on the digits train split, measured on
+    its test split in the format's runtime against the float model's accuracy."""
+    model, calib, x, y, fp = _digits(digits_weights)
+    if fmt == "tflite":
+        from mobilenetv2.export.tflite import export_tflite
+
+        path = export_tflite(model, tmp_path / "d.tflite", precision="int8",
+                             calibration=calib).path
+        q = float((_litert_logits(path, x)[0].argmax(1) == y).mean() * 100)
+    else:
+        pytest.importorskip("executorch", reason="needs executorch (the mobile extra)")
+        from mobilenetv2.export.executorch import export_executorch
+
+        path = export_executorch(model, tmp_path / "d.pte", precision="int8",
+                                 calibration=calib).path
+        q = float((_executorch_logits(path, x).argmax(1) == y).mean() * 100)
+    print(f"\ndigits test top-1: float {fp:.2f}%, {fmt} int8 {q:.2f}% ({len(y)} images)")
+    assert abs(q - fp) <= 1.0
 
 
 def test_open_session_exports_weights_for_litert(tmp_path) -> None:
