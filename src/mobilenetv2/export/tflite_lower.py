@@ -21,6 +21,9 @@ activations int8 asymmetric per tensor from calibrated min/max (range widened to
 channel (axis 0 of OHWI, axis 3 of depthwise 1HWC), FULLY_CONNECTED weights per tensor as
 the spec lists, biases int32 with scale = input scale x weight scale and zero point 0;
 PAD, RESHAPE and the identity ops keep their input's parameters (the spec requires it).
+The spec's fixed output ranges (SOFTMAX and LOGISTIC: scale 1/256, zero point -128; TANH:
+1/128, 0) concern ops this classifier does not have (it outputs logits); a head that adds
+one must give its row those parameters instead of calibrated ones.
 
 Long because it holds one emitter per operator, which read best side by side with the table.
 """
