@@ -159,9 +159,31 @@ def test_tflite_int8_top1_equals_float_on_photos(official, tmp_path) -> None:
     # per-channel symmetric weights: one scale per output channel, zero points 0
     w = tensors["conv2d/weight"]["quantization_parameters"]
     assert len(w["scales"]) == model.stem.conv.out_channels and not w["zero_points"].any()
+    _check_quantization_spec(path)
     doc = phone_metadata(path)
     assert doc["precision"] == "int8" and doc["labels"] == model.meta.labels
     assert doc["input"]["scale"] == pytest.approx(inp["quantization"][0])
+
+
+def _check_quantization_spec(path) -> None:
+    """The TFLite quantization spec's constraints, read back from the file with the reader
+    the converter uses: weights symmetric (zero point 0, |q| <= 127), int32 biases at input
+    scale x weight scale with zero point 0, RESHAPE / PAD keeping their input's parameters,
+    every activation int8 with one scale."""
+    from mobilenetv2.weights.convert.tflite.reader import read_tflite_graph
+
+    g = read_tflite_graph(path)
+    t = g.tensors
+    for op in g.ops:
+        x, y = t[op.inputs[0]], t[op.outputs[0]]
+        assert x.dtype == y.dtype == "int8" and x.scale.size == y.scale.size == 1, op.kind
+        if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            w, b = t[op.inputs[1]], t[op.inputs[2]]
+            assert w.dtype == "int8" and not w.zero_point.any() and np.abs(w.data).max() <= 127
+            assert b.dtype == "int32" and not b.zero_point.any()
+            np.testing.assert_allclose(b.scale, x.scale[0] * w.scale, rtol=1e-6)
+        if op.kind in ("RESHAPE", "PAD"):
+            assert (x.scale[0], x.zero_point[0]) == (y.scale[0], y.zero_point[0]), op.kind
 
 
 @pytest.mark.parametrize("padding,output_stride,small", [

@@ -228,10 +228,9 @@ def _weights(L: Lowering, name: str, w: np.ndarray, bias: np.ndarray, axis: int,
     if per_channel:
         shape[axis] = -1
     q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-    b_scale = (np.float64(in_q.scale) * scale.astype(np.float64))
-    if not per_channel:
-        b_scale = np.full(bias.shape, b_scale[0])
-    qb = np.round(bias.astype(np.float64) / b_scale)
+    # one bias scale per weight scale: per channel, or one for a per-tensor weight
+    b_scale = np.float64(in_q.scale) * scale.astype(np.float64)
+    qb = np.round(bias.astype(np.float64) / (b_scale if per_channel else b_scale[0]))
     qb = np.clip(qb, -(2**31), 2**31 - 1).astype(np.int32)
     w_idx = L.builder.const(f"{name}/weight", q, scale=scale,
                             zero_point=np.zeros(scale.shape, np.int64),
