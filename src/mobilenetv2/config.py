@@ -72,6 +72,9 @@ class ModelConfig:
             except DeepLab, whose depth multiplier rounds to multiples of 1).
         task: "classify" (the classifier), "segment" (Mobile DeepLabv3) or "detect"
             (SSDLite); `model.build.build_model` builds the network a config describes.
+        aspp: Segmentation only: add DeepLabv3's three 3x3 atrous branches (rates 6/12/18
+            at output stride 16, doubled at 8) to the head; False is the paper's on-device
+            model (section 6.3, Table 7).
     """
 
     width: float = 1.0
@@ -86,6 +89,7 @@ class ModelConfig:
     finegrain_classification_mode: bool = True
     round_nearest: int = 8
     task: Task = "classify"
+    aspp: bool = False
 
     def __post_init__(self) -> None:
         _check(
