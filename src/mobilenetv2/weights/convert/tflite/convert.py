@@ -168,7 +168,8 @@ def _state_dict(net: Network) -> dict[str, torch.Tensor]:
 def convert_tflite(
     path: str | os.PathLike, labels: Sequence[str] | None = None
 ) -> Converted:
-    """Convert a MobileNetV2 `.tflite` classifier (float or quantized) to our format.
+    """Convert a MobileNetV2 `.tflite` classifier (float or quantized) to our format, or a
+    Mobile DeepLabv3 segmenter (`deeplab.py`; told apart by its operators).
 
     Args:
         path: The `.tflite` file.
@@ -190,6 +191,10 @@ def convert_tflite(
         raise UserError(f"{p}: no such file")
     source = str(p)
     graph = read_tflite_graph(p)
+    from mobilenetv2.weights.convert.tflite.deeplab import convert_deeplab, is_deeplab
+
+    if is_deeplab(graph):
+        return convert_deeplab(graph, p, labels)
     net = match_network(graph, source)
     inp = graph.tensors[graph.inputs[0]]
     if len(inp.shape) != 4 or inp.shape[3] != 3:
