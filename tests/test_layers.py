@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data",),
     ("weights",),
     ("export", "runtime"),
-    ("evaluate", "train", "quant"),
+    ("evaluate", "tasks", "train", "quant"),
     ("predict", "segment", "detect", "benchmark", "deploy"),
     ("cli",),
     ("__init__", "__main__"),

@@ -170,6 +170,45 @@ def test_race_keeps_the_fastest_whatever_the_order(fast) -> None:
     assert best == pytest.approx(times)
 
 
+def test_race_is_not_fooled_by_the_previous_runtimes_threads() -> None:
+    # "b" is the faster runtime (2 ms against 3 ms), but its first run after "a" costs
+    # 10 ms, as when a's worker threads still spin on the cores: a race that times a
+    # runner right after the other would pick "a".
+    clock = FakeClock()
+    last = {"name": None}
+
+    def runner(name: str, seconds: float, after_other: float):
+        def run(x: np.ndarray) -> np.ndarray:
+            clock.now += after_other if last["name"] not in (None, name) else seconds
+            last["name"] = name
+            return np.zeros((len(x), 10), np.float32)
+        return run
+
+    runners = {"a": runner("a", 0.003, 0.003), "b": runner("b", 0.002, 0.010)}
+    winner, typical = race(runners, np.zeros((1, 3, 8, 8), np.float32), clock=clock)
+    assert winner == "b" and typical == pytest.approx({"a": 0.003, "b": 0.002})
+
+
+def test_race_is_not_fooled_by_one_outlier() -> None:
+    # "a" takes 3 ms a run, "b" 4 ms, but one of b's runs is a 0.1 ms fluke: a best-of race
+    # takes the fluke for b's speed; the median over rounds keeps "a".
+    clock = FakeClock()
+    count = {"b": 0}
+
+    def run_a(x: np.ndarray) -> np.ndarray:
+        clock.now += 0.003
+        return np.zeros((len(x), 10), np.float32)
+
+    def run_b(x: np.ndarray) -> np.ndarray:
+        count["b"] += 1
+        clock.now += 0.0001 if count["b"] == 3 else 0.004
+        return np.zeros((len(x), 10), np.float32)
+
+    winner, typical = race({"a": run_a, "b": run_b}, np.zeros((1, 3, 8, 8), np.float32),
+                           clock=clock)
+    assert winner == "a" and typical == pytest.approx({"a": 0.003, "b": 0.004})
+
+
 def test_auto_session_races_each_shape_once(model, tmp_path, monkeypatch) -> None:
     """fp32 auto starts on ONNX Runtime and races OpenVINO; fake runners whose speed the test
     sets decide, so the winner is the faster one, not the first installed."""

@@ -137,9 +137,10 @@ def test_finetune_freezes_backbone_and_replaces_head(tmp_path) -> None:
 
 
 def test_non_finite_loss_stops_with_last_checkpoint_intact(tmp_path, monkeypatch) -> None:
+    import mobilenetv2.tasks.classify as classify
     import mobilenetv2.train.engine as engine
 
-    real = engine.F
+    real = classify.F
     calls = {"n": 0}
 
     class Poisoned:
@@ -151,7 +152,7 @@ def test_non_finite_loss_stops_with_last_checkpoint_intact(tmp_path, monkeypatch
             calls["n"] += 1
             return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(engine, "F", Poisoned())
+    monkeypatch.setattr(classify, "F", Poisoned())
     root = make_folder(tmp_path / "d")
     out = tmp_path / "run"
     with pytest.raises(engine.NonFiniteLoss, match="step 6"):

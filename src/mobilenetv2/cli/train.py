@@ -65,10 +65,7 @@ def run(args: Args) -> int:
     logging.getLogger("mobilenetv2").setLevel(logging.INFO)
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
-        from mobilenetv2.evaluate import topk_text
-
-        classes = result.model.num_classes
-        print(f"{topk_text(result.top1, result.top5, classes)} after {result.epochs} epochs "
+        print(f"{result.metrics.summary()} after {result.epochs} epochs "
               f"({result.steps} steps) in {result.seconds:.0f} s")
         if result.skipped:
             print(f"skipped {len(result.skipped)} unreadable file(s): see report.md")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,8 @@ def auto_workers(requested: int) -> int:
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int,
                 num_workers: int, world_size: int = 1, rank: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False,
+                collate_fn: Callable[[list], Any] = collate_skipping) -> DataLoader:
     """A loader over `SeededDataset(dataset)`; for training the sampler shuffles and drops
     the last incomplete batch (BatchNorm on a batch of 1 fails), for evaluation it keeps
     every image and shards across ranks."""
@@ -115,7 +116,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int,
     workers = auto_workers(num_workers)
     return DataLoader(
         SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate_skipping, drop_last=train, pin_memory=pin_memory,
+        collate_fn=collate_fn, drop_last=train, pin_memory=pin_memory,
         persistent_workers=workers > 0,
         # Its own generator: creating an iterator must not draw from the global RNG (dropout's),
         # or a resumed run would see a different dropout sequence.

@@ -2,8 +2,9 @@
 
 The ONNX graph is the BN-folded network (`model.fuse`): Conv (with bias), `Clip(0, 6)` for
 ReLU6 with constant bounds, `Add` for the shortcuts, `GlobalAveragePool`, `Flatten`, `Gemm`.
-tf_same padding (`SamePad2d`) becomes a `Pad` whose amounts are computed from the input
-shape, so it stays exact with dynamic height/width. The weights' metadata (config,
+tf_same padding (`SamePad2d`) becomes the `Conv`'s own asymmetric `pads` when height and
+width are static (the default), and a `Pad` whose amounts are computed from the input shape
+when they are dynamic, so it stays exact at every size. The weights' metadata (config,
 preprocessing, labels, provenance) travels in the model's `metadata_props`, one JSON document
 per key as in our safetensors files (`runtime.onnx_meta`), so a deployed `.onnx` file is
 self-describing.
@@ -163,6 +164,8 @@ def _export_to(onnx: Any, model: nn.Module, reference: nn.Module, path: Path, *,
             log.debug("%s", chatter.getvalue())
     proto = onnx.load(str(path))
     _constants_to_initializers(proto)
+    if not dynamic_hw:
+        _fold_pads_into_convs(proto, size)
     set_onnx_metadata(proto, export_metadata(model, metadata))
     proto.doc_string = "MobileNetV2 (Sandler et al., CVPR 2018) exported by mobilenetv2"
     onnx.checker.check_model(proto)
@@ -172,6 +175,95 @@ def _export_to(onnx: Any, model: nn.Module, reference: nn.Module, path: Path, *,
         sizes = [size] + ([size + 13] if dynamic_hw else [])
         diff = verify_onnx(reference, path, sizes=sizes, atol=atol)
     return diff
+
+
+def _fold_pads_into_convs(proto: Any, size: int) -> None:
+    """For static height and width: write each zero `Pad` that feeds one `Conv` into the
+    `Conv`'s own asymmetric `pads` (begin H, begin W, end H, end W), and drop the shape
+    arithmetic that computed it.
+
+    tf_same's `SamePad2d` computes its amounts from the input's shape, which traces to a
+    chain of Shape/Gather/Sub/Cast ops and a `Pad` that ONNX Runtime does not merge into the
+    convolution: that made the tf_same export 1.5x slower than the symmetric one on ONNX
+    Runtime (issue 13). At a static size the amounts are constants; they are read by running
+    the graph once (ONNX Runtime), so this holds for however the exporter computed them.
+    Without ONNX Runtime the graph keeps its `Pad`s (exact, only slower).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    candidates = []
+    for node in graph.node:
+        users = consumers.get(node.output[0], [])
+        mode = next((helper.get_attribute_value(a) for a in node.attribute
+                     if a.name == "mode"), b"constant")
+        if node.op_type == "Pad" and not node.domain and mode == b"constant" \
+                and len(node.input) >= 2 and len(users) == 1 and users[0].op_type == "Conv" \
+                and not any(a.name == "auto_pad" for a in users[0].attribute):
+            candidates.append((node, users[0]))
+    if not candidates:
+        return
+    # Pad's `pads` input is int64 by the ONNX spec; its fill value has the data's type.
+    wanted = {pad.input[1]: TensorProto.INT64 for pad, _ in candidates
+              if pad.input[1] not in inits}
+    wanted.update({pad.input[2]: TensorProto.FLOAT for pad, _ in candidates
+                   if len(pad.input) > 2 and pad.input[2] and pad.input[2] not in inits})
+    values = {name: numpy_helper.to_array(inits[name])
+              for pad, _ in candidates for name in pad.input[1:3] if name in inits}
+    if wanted:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            log.info("onnxruntime is not installed: the tf_same Pads stay separate ops")
+            return
+        probe = type(proto)()
+        probe.CopyFrom(proto)
+        probe.graph.output.extend(helper.make_tensor_value_info(n, t, None)
+                                  for n, t in wanted.items())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(probe.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        feed = {graph.input[0].name: np.zeros((1, 3, size, size), np.float32)}
+        names = list(wanted)
+        values.update(zip(names, session.run(names, feed)))
+    folded = set()
+    for pad, conv in candidates:
+        amounts = np.asarray(values[pad.input[1]]).astype(int).tolist()
+        fill = values.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
+        if (fill is not None and np.asarray(fill).any()) or len(amounts) != 8 \
+                or any(amounts[i] for i in (0, 1, 4, 5)) or min(amounts) < 0:
+            continue  # a non-zero fill, padding of batch/channels, or a crop: not a conv pad
+        old = next((a for a in conv.attribute if a.name == "pads"), None)
+        base = list(old.ints) if old is not None else [0, 0, 0, 0]
+        if old is not None:
+            conv.attribute.remove(old)
+        conv.attribute.append(helper.make_attribute("pads", [
+            base[0] + amounts[2], base[1] + amounts[3],
+            base[2] + amounts[6], base[3] + amounts[7]]))
+        conv.input[0] = pad.input[0]
+        folded.add(id(pad))
+    nodes = [n for n in graph.node if id(n) not in folded]
+    # The shape arithmetic that fed the folded Pads now feeds nothing: drop it, and the
+    # initializers only it used.
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = outputs | {name for n in nodes for name in n.input}
+        alive = [n for n in nodes if any(o in used for o in n.output)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def _constants_to_initializers(proto: Any) -> None:

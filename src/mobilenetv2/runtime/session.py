@@ -6,8 +6,9 @@ Making the ONNX file a backend needs (fp32 export, int8 quantization with calibr
 `mobilenetv2.deploy.open_session`'s job, a layer above.
 
 `backend="auto"` starts on the first installed backend of `AUTO_ORDER[precision]` that can
-run the sources given, then times each new input shape once on it and on the next such
-backend and keeps the faster (`race`): on this project's CPU (AVX-512 VNNI/BF16,
+run the sources given, then races each new input shape once on it and on the next such
+backend and keeps the faster (`race`: rotating interleaved rounds, an untimed run before
+each runner's timed runs, the median round decides): on this project's CPU (AVX-512 VNNI/BF16,
 docs/BENCHMARKS.md) the fp32 winner between ONNX Runtime and OpenVINO changed from run to
 run, at batch 1 too (ONNX Runtime 2.9 vs OpenVINO 3.6 ms in one run, 3.0 vs 2.2 ms in
 another). Backends, their precisions and the precision rules: `runtime.backends`.
@@ -98,20 +99,36 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool) -
 
 
 def race(
-    runners: Mapping[str, Runner], x: np.ndarray, *, repeats: int = 3,
+    runners: Mapping[str, Runner], x: np.ndarray, *, rounds: int = 5, runs: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[str, dict[str, float]]:
-    """The fastest of `runners` on `x`: one warm-up run each (OpenVINO compiles there), then
-    `repeats` interleaved timed runs; returns the winner and each runner's best time."""
-    for run in runners.values():
-        run(x)
-    best: dict[str, float] = {}
-    for _ in range(repeats):
-        for name, run in runners.items():
+    """The fastest of `runners` on `x`; returns the winner and each runner's typical time
+    (the median over rounds of its mean time per run).
+
+    Two ways a race is fooled, and what this one does about each (issue 13: a one-warm-up,
+    best-of-3 race picked ONNX Runtime at 9.3 ms over OpenVINO at 5.8 ms):
+    - A runtime's worker threads keep spinning for a while after its call returns, so the
+      runtime timed right after it runs on contended cores. Each runner gets an untimed run
+      right before its timed ones, and the order rotates every round, so no runner always
+      follows the same other one.
+    - One run can be slowed by anything else on the machine. Each round times `runs` runs
+      and the rounds' median decides, so a single outlier, either way, moves nothing.
+    One warm-up run each first (OpenVINO compiles there).
+    """
+    names = list(runners)
+    for name in names:
+        runners[name](x)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run = runners[name]
+            run(x)  # untimed: the previous runtime's threads settle on this one's time
             t0 = clock()
-            run(x)
-            best[name] = min(best.get(name, float("inf")), clock() - t0)
-    return min(best, key=best.get), best
+            for _ in range(runs):
+                run(x)
+            times[name].append((clock() - t0) / runs)
+    typical = {name: float(np.median(t)) for name, t in times.items()}
+    return min(typical, key=typical.get), typical
 
 
 class InferenceSession:

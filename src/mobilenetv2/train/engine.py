@@ -1,7 +1,8 @@
 """The training loop (DESIGN example 11): `train_one_epoch`, a plain function over a model, a
 loader and a small context; DDP, mixed precision, channels_last, gradient accumulation,
-clipping and frozen BatchNorm statistics are switches of that context. Its partner, the
-evaluation loop, is `mobilenetv2.evaluate.topk_metrics`.
+clipping and frozen BatchNorm statistics are switches of that context, and the forward pass
+and loss of a micro-batch are the task's (`tasks.Task.step`). Its partner, the evaluation
+loop, is the task's `evaluate`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mobilenetv2.data.loaders import mix_batch
 from mobilenetv2.errors import UserError
+from mobilenetv2.tasks import Task
+from mobilenetv2.tasks.classify import ClassifyTask
 from mobilenetv2.train.distributed import DistInfo, all_reduce_sum, unwrap
 from mobilenetv2.train.ema import ModelEma
 
@@ -36,8 +37,9 @@ class TrainState:
     epoch: int = 0
     step: int = 0                 # optimizer steps taken in total
     epoch_step: int = 0           # optimizer steps taken in the current epoch
-    best_top1: float = -1.0
-    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss*n, correct, n
+    best_top1: float = -1.0       # the best `Metrics.score` so far (top-1, mIoU or mAP)
+    # loss*n, correct, n (images), total (what `correct` counts: images, pixels ...)
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -48,7 +50,7 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         return cls(epoch=int(d["epoch"]), step=int(d["step"]), epoch_step=int(d["epoch_step"]),
-                   best_top1=float(d["best_top1"]), sums=[float(v) for v in d["sums"]],
+                   best_top1=float(d["best_top1"]), sums=_sums(d["sums"]),
                    skipped=list(d["skipped"]))
 
 
@@ -71,6 +73,7 @@ class StepContext:
     dist: DistInfo
     progress: bool = True
     frozen_bn: tuple[nn.Module, ...] = ()  # parts whose BatchNorm layers stay in eval mode
+    task: Task = field(default_factory=ClassifyTask)  # loss and targets of this run's task
 
 
 def train_one_epoch(
@@ -106,28 +109,25 @@ def train_one_epoch(
     t0, seen = time.perf_counter(), 0
     try:
         for _ in range(max(0, remaining)):
-            step_loss, step_correct, step_n = 0.0, 0, 0
+            step_loss, step_correct, step_total, step_n = 0.0, 0.0, 0.0, 0
             for micro in range(ctx.grad_accum):
                 x, y, skipped = next(it)
                 state.skipped += [str(s) for s in skipped if str(s) not in state.skipped]
                 x = x.to(ctx.device, non_blocking=True, memory_format=ctx.memory_format)
-                y = y.to(ctx.device, non_blocking=True)
+                y = ctx.task.targets_to(y, ctx.device)
                 seed = (ctx.seed * 1_000_003 + state.step) * 64 + micro
-                xm, target = mix_batch(x, y, ctx.num_classes, ctx.mixup_alpha,
-                                       ctx.cutmix_alpha, seed) if len(x) else (x, None)
                 sync = micro == ctx.grad_accum - 1 or not hasattr(model, "no_sync")
                 with (nullcontext() if sync else model.no_sync()):
                     with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype,
                                         enabled=ctx.amp_dtype is not None):
-                        logits = model(xm) if len(x) else None
-                        loss = (F.cross_entropy(logits.float(), target,
-                                                label_smoothing=ctx.label_smoothing)
-                                if logits is not None else None)
+                        out = ctx.task.step(model, x, y, ctx, seed) if len(x) else None
+                    loss = out.loss if out is not None else None
                     _check_finite(loss, ctx, state)
-                    if loss is not None:
-                        scaler.scale(loss / ctx.grad_accum).backward()
-                        step_loss += loss.item() * len(x)
-                        step_correct += int((logits.argmax(1) == y).sum())
+                    if out is not None:
+                        scaler.scale(out.loss / ctx.grad_accum).backward()
+                        step_loss += out.loss.item() * len(x)
+                        step_correct += out.correct
+                        step_total += out.total
                         step_n += len(x)
             if ctx.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
@@ -143,12 +143,16 @@ def train_one_epoch(
             state.sums[0] += step_loss
             state.sums[1] += step_correct
             state.sums[2] += step_n
+            state.sums[3] += step_total
             seen += step_n
             rate = seen * ctx.dist.world_size / max(1e-9, time.perf_counter() - t0)
-            info = {"loss": step_loss / max(1, step_n), "acc": step_correct / max(1, step_n),
-                    "lr": optimizer.param_groups[0]["lr"], "img_s": rate}
-            bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['acc']:.3f}",
-                            img_s=f"{rate:.0f}", refresh=False)
+            info = {"loss": step_loss / max(1, step_n), "lr": optimizer.param_groups[0]["lr"],
+                    "img_s": rate}
+            shown = {"loss": f"{info['loss']:.3f}"}
+            if step_total:  # tasks without a per-step accuracy (detection) show none
+                info["acc"] = step_correct / step_total
+                shown["acc"] = f"{info['acc']:.3f}"
+            bar.set_postfix(**shown, img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
             if on_step is not None:
                 on_step(state, info)
@@ -158,8 +162,14 @@ def train_one_epoch(
                             ctx.dist).tolist()
     elapsed = time.perf_counter() - t0
     return {"train_loss": totals[0] / max(1, totals[2]),
-            "train_acc": totals[1] / max(1, totals[2]),
+            "train_acc": totals[1] / totals[3] if totals[3] else float("nan"),
             "img_s": seen * ctx.dist.world_size / max(1e-9, elapsed)}
+
+
+def _sums(saved: list) -> list[float]:
+    """Checkpoints written before tasks existed hold three sums; their total is n."""
+    sums = [float(v) for v in saved]
+    return sums if len(sums) == 4 else [*sums, sums[2]]
 
 
 def keep_frozen_bn(parts: Sequence[nn.Module]) -> None:

@@ -1,5 +1,5 @@
-"""The network a run trains: a fresh one, or one loaded from `--weights` with a new head for the
-data's classes (fine-tuning), and which of its parts are frozen.
+"""Which parts of the network a run trains (fine-tuning); the network itself is built by the
+run's task (`tasks.classify.build_classifier` for the classifier).
 
 Freezing is an explicit value, not a flag on the model: `apply_freeze` stops the gradients of
 the frozen parts and returns the parts whose BatchNorm layers must stay in eval mode, which the
@@ -8,34 +8,11 @@ run hands to the training loop (`StepContext.frozen_bn`, read by `engine.keep_fr
 
 from __future__ import annotations
 
-import logging
-
 from torch import nn
 
-from mobilenetv2.config import RunConfig
 from mobilenetv2.model import MobileNetV2
 
-__all__ = ["apply_freeze", "build_model"]
-
-log = logging.getLogger(__name__)
-
-
-def build_model(cfg: RunConfig, num_classes: int) -> MobileNetV2:
-    """`cfg.train.weights` with a `num_classes` head and the configured dropout, or a new
-    network of `cfg.model` (the caller seeds torch first)."""
-    if cfg.train.weights:
-        from mobilenetv2.weights import load_weights
-
-        model = load_weights(cfg.train.weights)
-        if model.num_classes != num_classes:
-            log.info("new %d-class head on %s (was %d classes)", num_classes,
-                     cfg.train.weights, model.num_classes)
-            model.reset_classifier(num_classes)
-        if model.config.dropout != cfg.model.dropout:
-            model.config = model.config.replace(dropout=cfg.model.dropout)
-            model.dropout.p = cfg.model.dropout
-        return model
-    return MobileNetV2(cfg.model.replace(num_classes=num_classes))
+__all__ = ["apply_freeze"]
 
 
 def apply_freeze(model: MobileNetV2, freeze: str, freeze_bn: bool) -> tuple[nn.Module, ...]:

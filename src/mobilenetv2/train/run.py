@@ -4,11 +4,12 @@ torchrun.
 
 Three steps: `_setup` builds everything a run holds (a `_Run`), `_loop` trains and evaluates
 epoch by epoch, `_finish` writes the shipped weights and reports. The recipe of the paper
-(section 6.1) and the others live in `train.recipes`; the loops in `train.engine` and
-`evaluate`. The run directory receives `config.json`, `metrics.jsonl`, `curves.png`,
-TensorBoard events (`tb/`), `checkpoint-<step>.pt` (last `keep_last`), `best.pt`, and at the
-end `model.safetensors` (the EMA weights when the EMA is on), `eval.json`, `confusion.png`
-and `report.md`.
+(section 6.1) and the others live in `train.recipes`; the loop in `train.engine`; what
+differs between classification, segmentation and detection (data, model, loss, evaluation,
+report files) in the run's `tasks.Task`. The run directory receives `config.json`,
+`metrics.jsonl`, `curves.png`, TensorBoard events (`tb/`), `checkpoint-<step>.pt` (last
+`keep_last`), `best.pt`, and at the end `model.safetensors` (the EMA weights when the EMA
+is on), the task's `eval.json` and figures (`confusion.png` ...) and `report.md`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenetv2 import evaluate
-from mobilenetv2.config import ModelConfig, RunConfig, TrainConfig
-from mobilenetv2.data.datasets import Splits, build_splits
+from mobilenetv2.config import RunConfig, TrainConfig
 from mobilenetv2.data.loaders import make_loader
-from mobilenetv2.data.preprocessing import Preprocessing
-from mobilenetv2.data.presets import eval_preprocessing, train_transform
-from mobilenetv2.data.transforms import eval_transform
 from mobilenetv2.errors import UserError
-from mobilenetv2.evaluate import EvalReport, TopKMetrics, topk_metrics, write_eval_report
+from mobilenetv2.tasks import Metrics, Task, TaskData, get_task
 from mobilenetv2.train import checkpoint as ckpt
 from mobilenetv2.train.amp import choose_amp, choose_memory_format, resolve_device
 from mobilenetv2.train.distributed import (
@@ -48,7 +44,7 @@ from mobilenetv2.train.distributed import (
 )
 from mobilenetv2.train.ema import ModelEma
 from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
-from mobilenetv2.train.finetune import apply_freeze, build_model
+from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.optim import build_optimizer, lr_at
 from mobilenetv2.train.report import RunLog, plot_curves, write_report
 
@@ -63,14 +59,22 @@ class TrainResult:
 
     out: Path
     model_path: Path
-    top1: float
-    top5: float
+    metrics: Metrics             # the final evaluation of the shipped weights
     epochs: int
     steps: int
     seconds: float
     skipped: list[str]
     files: dict[str, str]
     model: nn.Module | None = None  # the final (evaluated) model, on every rank
+
+    @property
+    def top1(self) -> float:
+        """Classification's top-1 (NaN for other tasks; their figures are in `metrics`)."""
+        return self.metrics.accuracy().get("top1", float("nan"))
+
+    @property
+    def top5(self) -> float:
+        return self.metrics.accuracy().get("top5", float("nan"))
 
 
 def train(cfg: RunConfig, resume: str | os.PathLike | None = None,
@@ -101,8 +105,8 @@ class _Run:
 
     cfg: RunConfig
     dist: DistInfo
-    splits: Splits
-    pre: Preprocessing
+    task: Task
+    splits: TaskData
     model: nn.Module             # the network itself, on the device
     train_model: nn.Module       # the same, compiled and/or DDP-wrapped for training
     ema: ModelEma | None
@@ -157,9 +161,9 @@ class _Run:
                 and st.epoch_step < self.ctx.steps_per_epoch:
             self.write_checkpoint()
 
-    def evaluate(self, desc: str = "eval") -> TopKMetrics:
-        return topk_metrics(
-            self.eval_model, self.val_loader, self.ctx.device, self.ctx.num_classes,
+    def evaluate(self, desc: str = "eval") -> Metrics:
+        return self.task.evaluate(
+            self.eval_model, self.val_loader, self.ctx.device,
             self.ctx.amp_dtype, self.ctx.memory_format,
             sum_over_ranks=partial(all_reduce_sum, info=self.dist),
             progress=self.ctx.progress and self.dist.is_main, desc=desc)
@@ -175,9 +179,10 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
     _configure_torch(tc, device)
     _seed_everything(tc.seed, dist.rank)
     size = cfg.model.resolution
-    pre, splits = _data(cfg, size)  # data first: a bad dataset fails before any model is built
+    task = get_task(cfg.model.task)
+    splits = task.data(cfg, size)  # data first: a bad dataset fails before any model is built
     num_classes = len(splits.classes)
-    model = build_model(cfg, num_classes)
+    model = task.build_model(cfg, num_classes)
     cfg = RunConfig(model.config, dc, tc, cfg.out)  # the model's true config (fine-tuning)
     frozen_bn = apply_freeze(model, tc.freeze, tc.freeze_bn)
     amp_dtype = choose_amp(tc, device, model.config, size)
@@ -191,7 +196,7 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
     train_loader, val_loader = (
         make_loader(ds, dc.batch_size, train=is_train, seed=tc.seed, num_workers=dc.num_workers,
                     world_size=dist.world_size, rank=dist.rank,
-                    pin_memory=device.type == "cuda")
+                    pin_memory=device.type == "cuda", collate_fn=splits.collate)
         for ds, is_train in ((splits.train, True), (splits.val, False)))
     steps_per_epoch = len(train_loader) // tc.grad_accum
     if steps_per_epoch == 0:
@@ -209,8 +214,8 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
         label_smoothing=tc.label_smoothing, mixup_alpha=dc.mixup_alpha,
         cutmix_alpha=dc.cutmix_alpha, grad_accum=tc.grad_accum,
         clip_grad_norm=tc.clip_grad_norm, seed=tc.seed, steps_per_epoch=steps_per_epoch,
-        max_steps=tc.max_steps, dist=dist, progress=progress, frozen_bn=frozen_bn)
-    run = _Run(cfg=cfg, dist=dist, splits=splits, pre=pre, model=model,
+        max_steps=tc.max_steps, dist=dist, progress=progress, frozen_bn=frozen_bn, task=task)
+    run = _Run(cfg=cfg, dist=dist, task=task, splits=splits, model=model,
                train_model=_wrap_for_training(model, tc, dist, device), ema=ema,
                optimizer=optimizer, scheduler=scheduler,
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
@@ -224,23 +229,11 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
         log.info(
             "training %s on %s (%d train / %d %s images, %d classes), %s x %d process(es), "
             "amp %s, %s, %d steps/epoch, lr %.4g for global batch %d",
-            f"MobileNetV2 width {cfg.model.width}", splits.source, len(splits.train),
+            f"MobileNetV2 width {cfg.model.width} ({task.name})", splits.source, len(splits.train),
             len(splits.val), splits.val_name, num_classes, device, dist.world_size,
             amp_dtype or "off", "channels_last" if fmt == torch.channels_last else "NCHW",
             steps_per_epoch, base_lr, global_batch)
     return run
-
-
-def _data(cfg: RunConfig, size: int) -> tuple[Preprocessing, Splits]:
-    """The evaluation preprocessing (what the shipped weights record) and the datasets."""
-    dc = cfg.data
-    pre = eval_preprocessing(dc, dc.eval_size or size)
-    splits = build_splits(dc, train_transform(dc, size), eval_transform(pre))
-    num_classes = len(splits.classes)
-    if cfg.model.num_classes not in (num_classes, ModelConfig().num_classes):
-        raise UserError(f"--num-classes {cfg.model.num_classes} but {splits.source} has "
-                        f"{num_classes} classes ({', '.join(splits.classes[:5])} ...)")
-    return pre, splits
 
 
 def _start_log(run: _Run, resumed: bool) -> None:
@@ -298,7 +291,7 @@ def _restore(run: _Run, path: Path) -> None:
 # Loop
 
 
-def _loop(run: _Run) -> TopKMetrics:
+def _loop(run: _Run) -> Metrics:
     """Train the remaining epochs; the last evaluation of the shipped weights."""
     tc, state = run.cfg.train, run.state
     result = None
@@ -312,7 +305,7 @@ def _loop(run: _Run) -> TopKMetrics:
     return result
 
 
-def _epoch(run: _Run) -> TopKMetrics:
+def _epoch(run: _Run) -> Metrics:
     """The rest of the current epoch (or up to `max_steps`), its evaluation, checkpoint,
     metrics and curves."""
     tc, state = run.cfg.train, run.state
@@ -323,24 +316,23 @@ def _epoch(run: _Run) -> TopKMetrics:
                             run.scaler, run.ctx, state, on_step=run.on_step, ema=run.ema)
     result = run.evaluate(desc=f"eval {state.epoch + 1}")
     record = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **stats,
-              "val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5,
+              "val_loss": result.loss, **result.record(),
               "lr": run.optimizer.param_groups[0]["lr"],
               "seconds": time.perf_counter() - t_epoch}
     if state.epoch_step >= run.ctx.steps_per_epoch:  # a whole epoch, not a max_steps stop
         state.epoch += 1
         state.epoch_step = 0
-        state.sums = [0.0, 0.0, 0.0]
-    improved = result.top1 > state.best_top1
-    state.best_top1 = max(state.best_top1, result.top1)
+        state.sums = [0.0, 0.0, 0.0, 0.0]
+    improved = result.score > state.best_top1
+    state.best_top1 = max(state.best_top1, result.score)
     run.write_checkpoint()
     if run.log is not None:
         if improved:
             ckpt.save_checkpoint(run.best_snapshot(), run.out / "best.pt")
         run.log.epoch(record)
-        accuracy = evaluate.topk_text(result.top1, result.top5, len(run.splits.classes), " ")
         log.info("epoch %d/%d: train loss %.4f acc %.2f%% | %s %s | %.0f img/s, %.1fs",
                  record["epoch"], tc.epochs, stats["train_loss"], 100 * stats["train_acc"],
-                 run.splits.val_name, accuracy, stats["img_s"], record["seconds"])
+                 run.splits.val_name, result.summary(), stats["img_s"], record["seconds"])
     return result
 
 
@@ -348,21 +340,20 @@ def _epoch(run: _Run) -> TopKMetrics:
 # Finish
 
 
-def _finish(run: _Run, result: TopKMetrics, t_start: float) -> TrainResult:
-    """Rank 0 writes `model.safetensors`, `eval.json`, `confusion.png`, the final curves and
-    `report.md`; every rank returns the result."""
+def _finish(run: _Run, result: Metrics, t_start: float) -> TrainResult:
+    """Rank 0 writes `model.safetensors`, the task's reports (`eval.json`, figures), the final
+    curves and `report.md`; every rank returns the result."""
     cfg, out, state, splits = run.cfg, run.out, run.state, run.splits
     model_path = out / "model.safetensors"
-    files = {"model": str(model_path), "curves": str(out / "curves.png"),
-             "confusion matrix": str(out / "confusion.png"), "eval report": str(out / "eval.json"),
-             "metrics": str(out / "metrics.jsonl"), "report": str(out / "report.md"),
-             "config": str(out / "config.json")}
+    files = {"model": str(model_path), "curves": str(out / "curves.png")}
     final = unwrap(run.eval_model)
     if run.log is not None:
         final = final.to("cpu", memory_format=torch.contiguous_format)
         split_name = f"{splits.val_name} ({result.count} images)"
         _save_weights(run, final, model_path, result, split_name)
-        write_eval_report(EvalReport(result, splits.classes, None, None), out)
+        files.update(run.task.write_reports(result, splits.classes, out))
+        files.update({"metrics": str(out / "metrics.jsonl"), "report": str(out / "report.md"),
+                      "config": str(out / "config.json")})
         seconds = time.perf_counter() - t_start
         epochs = run.log.epochs()
         if epochs:
@@ -371,28 +362,27 @@ def _finish(run: _Run, result: TopKMetrics, t_start: float) -> TrainResult:
             out / "report.md", config=cfg.to_dict(),
             summary={"recipe": cfg.train.recipe, "dataset": splits.source,
                      "evaluated on": split_name,
-                     "final accuracy": evaluate.topk_text(result.top1, result.top5,
-                                                          len(splits.classes)),
+                     "final accuracy": result.summary(),
                      "weights evaluated": "EMA" if cfg.train.ema_decay else "trained",
                      "epochs": state.epoch, "optimizer steps": state.step,
                      "skipped unreadable files": len(state.skipped),
                      "wall time": f"{seconds:.1f} s"},
-            epochs=epochs, per_class=dict(zip(splits.classes, result.per_class)),
+            epochs=epochs, per_class=result.per_class(splits.classes),
             skipped=state.skipped, files=files)
     barrier(run.dist)
-    return TrainResult(out=out, model_path=model_path, top1=result.top1, top5=result.top5,
+    return TrainResult(out=out, model_path=model_path, metrics=result,
                        epochs=state.epoch, steps=state.step,
                        seconds=time.perf_counter() - t_start, skipped=state.skipped,
                        files=files, model=final)
 
 
-def _save_weights(run: _Run, final: nn.Module, path: Path, result: TopKMetrics,
+def _save_weights(run: _Run, final: nn.Module, path: Path, result: Metrics,
                   split_name: str) -> None:
     from mobilenetv2.weights.format import save
 
     cfg = run.cfg
-    save(final, path, preprocessing=run.pre, labels=run.splits.classes,
-         accuracy={"top1": result.top1, "top5": result.top5},
+    save(final, path, preprocessing=run.splits.pre, labels=run.splits.classes,
+         accuracy=result.accuracy(),
          provenance={"source": "mobilenetv2 train", "recipe": cfg.train.recipe,
                      "dataset": run.splits.source, "evaluated_on": split_name,
                      "ema": bool(cfg.train.ema_decay), "steps": run.state.step},
