@@ -205,7 +205,7 @@ def _check(ok: bool, message: str) -> None:
 Preset = Literal["auto", "imagenet", "inception", "small"]
 AutoAugment = Literal["none", "trivial", "autoaugment"]
 Optimizer = Literal["sgd", "rmsprop_tf", "adamw"]
-Schedule = Literal["cosine", "exponential", "constant"]
+Schedule = Literal["cosine", "exponential", "constant", "poly"]
 Amp = Literal["auto", "off", "bf16", "fp16"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 
@@ -290,7 +290,8 @@ class TrainConfig:
             the square root, mean square initialised to 1) or "adamw".
         lr: Peak learning rate for a global batch of `lr_batch` images.
         lr_batch: Reference batch of `lr`; the rate is scaled linearly with the global batch.
-        schedule: "cosine" (to `min_lr`), "exponential" (x `lr_decay` per epoch) or "constant".
+        schedule: "cosine" (to `min_lr`), "exponential" (x `lr_decay` per epoch), "constant"
+            or "poly" (DeepLab's: lr x (1 - step / steps) ^ 0.9).
         lr_decay: Per-epoch decay factor of the exponential schedule (0.98 in the paper).
         warmup_epochs: Linear warmup from `warmup_start` x lr, in epochs (fractions allowed).
         warmup_start: Starting fraction of the learning rate during warmup.
