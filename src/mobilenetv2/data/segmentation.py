@@ -59,7 +59,7 @@ IGNORE_INDEX = 255
 PASCAL_VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tv",
+    "sheep", "sofa", "train", "tvmonitor",
 ]
 
 

@@ -8,7 +8,7 @@
   are not used).
 - Loss: per-pixel cross-entropy on the logits upsampled to the crop, pixels labelled 255 left
   out (DeepLab's `upsample_logits=True`, `ignore_label=255`).
-- Evaluation: mIoU over the split's pixel confusion matrix (`evaluate.segment_metrics`).
+- Evaluation: mIoU over the split's pixel confusion matrix (`tasks.segment_metrics`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ from mobilenetv2.data.segmentation import (
     find_pairs,
 )
 from mobilenetv2.errors import UserError
-from mobilenetv2.evaluate import SegmentMetrics, segment_metrics, write_segment_report
 from mobilenetv2.model.heads.deeplabv3 import DeepLabV3
 from mobilenetv2.tasks.base import StepOut, TaskData
+from mobilenetv2.tasks.segment_metrics import (
+    SegmentMetrics,
+    segment_metrics,
+    write_segment_report,
+)
 
 __all__ = ["CANVASES", "CanvasDataset", "SegmentTask", "build_segmenter"]
 

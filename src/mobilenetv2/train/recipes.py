@@ -112,16 +112,16 @@ RECIPES: dict[str, Recipe] = {
         global_batch=16,
     ),
     # The segmentation demo (`make demo-segment`): digits composited on photographs (the
-    # bundled `canvases`), width 0.5 at 64x64 and output stride 8 (digits are 20-36 pixels,
+    # bundled `canvases`), width 0.35 at 64x64 and output stride 8 (digits are 20-36 pixels,
     # 2.5-4.5 cells of the stride-8 map), DeepLab's schedule with a higher rate (batch 16 of
     # small crops from scratch; 0.007 learns too slowly in a few minutes).
     "segment-demo": Recipe(
-        model={"task": "segment", "width": 0.5, "round_nearest": 1, "output_stride": 8,
+        model={"task": "segment", "width": 0.35, "round_nearest": 1, "output_stride": 8,
                "resolution": 64, "dropout": 0.1},
         data={"data": "canvases", "batch_size": 16, "hflip": False},
         train={"optimizer": "sgd", "lr": 0.05, "lr_batch": 16, "schedule": "poly",
                "warmup_epochs": 0.5, "momentum": 0.9, "weight_decay": 4e-5,
-               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 8},
+               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 10},
         global_batch=16,
     ),
 }

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mobilenetv2.config import ModelConfig
+from mobilenetv2.data.segmentation import PASCAL_VOC_CLASSES as PASCAL_VOC_LABELS
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.arch import resolve
 from mobilenetv2.model.heads.deeplabv3 import HEAD_CHANNELS, aspp_rates
@@ -63,13 +64,6 @@ __all__ = ["PASCAL_VOC_LABELS", "DeepLabNet", "convert_deeplab", "is_deeplab", "
 
 log = logging.getLogger(__name__)
 
-# PASCAL VOC 2012's 21 segmentation classes, index = class id (DeepLab's and the fixture's
-# pascal_voc_segmentation_labels.txt order).
-PASCAL_VOC_LABELS = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tv",
-]
 _EXTRA = frozenset({"CONCATENATION", "RESIZE_BILINEAR", "ARG_MAX"})
 _WHAT = "a Mobile DeepLabv3 (MobileNetV2) segmenter"
 
