@@ -3,8 +3,8 @@
 No segmentation dataset is reachable offline, so the demo builds one from real material that
 is: scikit-learn's 1,797 scanned handwritten digits (8x8, from the UCI optdigits set) and its
 two sample photographs (`china.jpg`, `flower.jpg`, 640x427). Each canvas is a crop of a
-photograph (random position and scale) with two or three digits pasted in, each upscaled
-to 5/16-9/16 of the canvas (20-36 pixels at 64x64) and drawn in a colour that contrasts with
+photograph (random position and scale) with one or two digits pasted in, each upscaled
+to 3/8-11/16 of the canvas (24-44 pixels at 64x64) and drawn in a colour that contrasts with
 the crop under it, the scanned intensity acting as the ink's opacity. The per-pixel label is
 the digit's class (1-10 for the digits 0-9) wherever the ink covers more than half the
 pixel, else background (0); digits never overlap.
@@ -60,9 +60,9 @@ def make_canvas(split: str, index: int, seed: int = 0,
     labels = np.zeros((size, size), np.uint8)
     images, classes = _digits(split)
     taken = np.zeros((size, size), bool)
-    for _ in range(int(rng.integers(2, 4))):
+    for _ in range(int(rng.integers(1, 3))):
         k = int(rng.integers(len(images)))
-        d = int(rng.integers(size * 5 // 16, size * 9 // 16 + 1))  # 20-36 px at 64
+        d = int(rng.integers(size * 3 // 8, size * 11 // 16 + 1))  # 24-44 px at 64
         ink = np.asarray(Image.fromarray(images[k]).resize((d, d), Image.BILINEAR),
                          np.float32) / 255.0
         for _try in range(20):  # digits do not overlap: each pixel has one true class
