@@ -121,7 +121,7 @@ def test_onnx_export_dynamic_batch_and_size(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_short_training_lowers_loss_and_learns(tmp_path: Path) -> None:
     """The demo recipe, shortened: the loss falls and the mIoU beats predicting background
-    everywhere (background's IoU / 11 classes = 8.3% on the validation canvases)."""
+    everywhere (background's IoU / 2 classes = 43% on the validation canvases)."""
     from mobilenetv2.train.recipes import make_config
     from mobilenetv2.train.run import train
 
@@ -132,9 +132,9 @@ def test_short_training_lowers_loss_and_learns(tmp_path: Path) -> None:
              if s.strip()]
     steps = [r for r in lines if r["kind"] == "step"]
     assert steps[-1]["loss"] < 0.6 * steps[0]["loss"]
-    assert result.metrics.miou > 0.15
+    assert result.metrics.miou > 0.55
     model = load_weights(tmp_path / "run" / "model.safetensors")
-    assert model.config.task == "segment" and model.meta.accuracy["miou"] > 0.15
+    assert model.config.task == "segment" and model.meta.accuracy["miou"] > 0.55
 
 
 @pytest.mark.slow
@@ -142,6 +142,7 @@ def test_int8_ptq_miou_before_and_after(tmp_path: Path) -> None:
     from mobilenetv2.segment import quantize_segmenter
 
     model = load_weights(_tiny(tmp_path))
-    r = quantize_segmenter(model, tmp_path / "q", "canvases", calib_images=16, eval_images=32)
+    r = quantize_segmenter(model, tmp_path / "q", "canvases-digits", calib_images=16,
+                           eval_images=32)
     assert Path(r["int8_path"]).is_file() and set(r["miou"]) == {"fp32", "int8"}
     assert r["pixel_agreement"] > 0.8

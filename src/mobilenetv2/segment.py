@@ -189,7 +189,12 @@ def run_segment_eval(model: nn.Module, data: str, out: str | os.PathLike | None 
     """
     from mobilenetv2.data.loaders import make_loader
     from mobilenetv2.model.heads.deeplabv3 import with_output_stride
-    from mobilenetv2.tasks.segment import CANVASES, CanvasDataset
+    from mobilenetv2.tasks.segment import (
+        CANVASES,
+        CANVASES_DIGITS,
+        CanvasDataset,
+        canvas_classes,
+    )
     from mobilenetv2.tasks.segment_metrics import write_segment_report
 
     check_segmenter(model)
@@ -197,9 +202,11 @@ def run_segment_eval(model: nn.Module, data: str, out: str | os.PathLike | None 
     size = pre.crop
     tf = SegTransform(size, pre, train=False)
     n = model.num_classes
-    if data == CANVASES:
-        ds = CanvasDataset("val", tf)
-        classes = model.meta.labels or [str(i) for i in range(n)]
+    if data in (CANVASES, CANVASES_DIGITS):
+        ds = CanvasDataset("val", tf, digits=data == CANVASES_DIGITS)
+        classes = canvas_classes(data)
+        if len(classes) != n:
+            raise UserError(f"--data {data} has {len(classes)} classes but the weights have {n}")
     else:
         pairs = find_pairs(data, strict=strict_images)
         if len(pairs.classes) != n:
@@ -258,14 +265,16 @@ def quantize_segmenter(model: nn.Module, out: str | os.PathLike, data: str,
     """
     from mobilenetv2.export.onnx import export_onnx
     from mobilenetv2.quant.ptq import fp32_int8_paths, onnx_logits, quantize_onnx
-    from mobilenetv2.tasks.segment import CANVASES, CanvasDataset
+    from mobilenetv2.tasks.segment import CANVASES, CANVASES_DIGITS, CanvasDataset
 
     check_segmenter(model)
     pre = model.meta.preprocessing
     tf = SegTransform(pre.crop, pre, train=False)
     n = model.num_classes
-    if data == CANVASES:
-        calib_ds, val_ds = CanvasDataset("train", tf), CanvasDataset("val", tf)
+    if data in (CANVASES, CANVASES_DIGITS):
+        digits = data == CANVASES_DIGITS
+        calib_ds = CanvasDataset("train", tf, digits=digits)
+        val_ds = CanvasDataset("val", tf, digits=digits)
     else:
         pairs = find_pairs(data)
         calib_ds = SegmentationDataset(pairs.train, tf, n)

@@ -6,8 +6,9 @@ two sample photographs (`china.jpg`, `flower.jpg`, 640x427). Each canvas is a cr
 photograph (random position and scale) with one or two digits pasted in, each upscaled
 to 3/8-11/16 of the canvas (24-44 pixels at 64x64) and drawn in a colour that contrasts with
 the crop under it, the scanned intensity acting as the ink's opacity. The per-pixel label is
-the digit's class (1-10 for the digits 0-9) wherever the ink covers more than half the
-pixel, else background (0); digits never overlap.
+the digit's class (1-10 for the digits 0-9) on its strokes (ink covering more than half the
+pixel), thickened by a max filter of 1/9 of the digit's size, else background (0); digits
+never overlap.
 
 The split is honest: training canvases use the digits of the project's fixed training split
 and the left 70% of each photograph; validation canvases use the test-split digits and the
@@ -20,7 +21,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from mobilenetv2.data.digits import digits_arrays
 
@@ -78,5 +79,10 @@ def make_canvas(split: str, index: int, seed: int = 0,
         colour = rng.uniform(170, 255, 3) if bright else rng.uniform(0, 85, 3)
         a = ink[..., None]
         canvas[top:top + d, left:left + d] = region * (1 - a) + colour * a
-        labels[top:top + d, left:left + d][ink > 0.5] = classes[k] + 1
+        # The strokes, thickened by a max filter of 1/9 of the digit's size: DeepLabv3's
+        # logits are 8x coarser than the pixels (no decoder), and 2-pixel strokes are below
+        # what it can outline; the thickened strokes are still the digit's shape.
+        stroke = Image.fromarray(((ink > 0.5) * 255).astype(np.uint8))
+        stroke = stroke.filter(ImageFilter.MaxFilter(max(3, d // 9 | 1)))
+        labels[top:top + d, left:left + d][np.asarray(stroke) > 0] = classes[k] + 1
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8)), labels

@@ -111,17 +111,18 @@ RECIPES: dict[str, Recipe] = {
                "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 45},
         global_batch=16,
     ),
-    # The segmentation demo (`make demo-segment`): digits composited on photographs (the
-    # bundled `canvases`), width 0.35 at 64x64 and output stride 8 (digits are 20-36 pixels,
-    # 2.5-4.5 cells of the stride-8 map), DeepLab's schedule with a higher rate (batch 16 of
-    # small crops from scratch; 0.007 learns too slowly in a few minutes).
+    # The segmentation demo (`make demo-segment`): handwriting composited on photographs (the
+    # bundled `canvases`: strokes vs photograph), width 0.35 at 64x64 and output stride 8
+    # (digits are 24-44 pixels, 3-5.5 cells of the stride-8 map), DeepLab's poly schedule
+    # with a higher rate (batch 16 of small crops from scratch: 0.007 learns too slowly for
+    # a few minutes). `--data canvases-digits` labels each digit's class instead.
     "segment-demo": Recipe(
         model={"task": "segment", "width": 0.35, "round_nearest": 1, "output_stride": 8,
                "resolution": 64, "dropout": 0.1},
         data={"data": "canvases", "batch_size": 16, "hflip": False},
-        train={"optimizer": "sgd", "lr": 0.05, "lr_batch": 16, "schedule": "poly",
+        train={"optimizer": "sgd", "lr": 0.1, "lr_batch": 16, "schedule": "poly",
                "warmup_epochs": 0.5, "momentum": 0.9, "weight_decay": 4e-5,
-               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 10},
+               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 6},
         global_batch=16,
     ),
 }
@@ -131,7 +132,7 @@ def default_recipe(data: str, weights: str | None) -> str:
     """digits for the bundled data, finetune when starting from weights, else modern."""
     if weights:
         return "finetune"
-    if data == "canvases":
+    if data in ("canvases", "canvases-digits"):
         return "segment-demo"
     return "digits" if data == "digits" else "modern"
 
