@@ -146,3 +146,26 @@ def test_int8_ptq_miou_before_and_after(tmp_path: Path) -> None:
                            eval_images=32)
     assert Path(r["int8_path"]).is_file() and set(r["miou"]) == {"fp32", "int8"}
     assert r["pixel_agreement"] > 0.8
+
+
+def test_segmenter_starts_from_classification_weights(tmp_path: Path) -> None:
+    """An ImageNet-style classifier's stem and blocks become the backbone; the recipe keeps
+    the segmentation task while the architecture follows the weights."""
+    from mobilenetv2 import MobileNetV2, ModelConfig
+    from mobilenetv2.tasks.segment import build_segmenter
+    from mobilenetv2.train.recipes import make_config
+
+    torch.manual_seed(0)
+    cls = MobileNetV2(ModelConfig(width=0.35, num_classes=10, padding="tf_same"))
+    path = tmp_path / "cls.safetensors"
+    save(cls, path)
+    cfg = make_config("segment-demo", train={"weights": str(path)}, out=str(tmp_path / "r"))
+    assert cfg.model.task == "segment" and cfg.model.output_stride == 8
+    assert (cfg.model.width, cfg.model.round_nearest, cfg.model.padding) == (0.35, 8, "tf_same")
+    seg = build_segmenter(cfg, 2, load_weights(path))
+    assert seg.config.task == "segment" and seg.num_classes == 2
+    theirs = cls.state_dict()
+    for k, v in seg.backbone.state_dict().items():
+        assert torch.equal(v, theirs[k]), k
+    again = build_segmenter(cfg, 5, seg)  # segmentation weights: new logits for 5 classes
+    assert again.num_classes == 5 and again.config.num_classes == 5

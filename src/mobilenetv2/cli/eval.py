@@ -83,6 +83,9 @@ def _run_segment(args: Args) -> int:
     if args.backend not in ("auto", "torch") or args.precision != "fp32":
         raise UserError("segmentation weights are evaluated in PyTorch fp32 (--backend and "
                         "--precision apply to classifiers; `quantize` measures int8 mIoU)")
+    if str(args.weights).lower().endswith(".onnx"):
+        raise UserError(f"{args.weights}: eval runs a segmentation model from its PyTorch "
+                        "weights (.safetensors); `quantize` reports the int8 ONNX model's mIoU")
     if args.data == "digits":
         raise UserError("--data: segmentation weights need masks: PASCAL VOC 2012, a folder "
                         "with images/ and masks/, or 'canvases' (the demo's)")

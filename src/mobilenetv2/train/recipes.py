@@ -115,14 +115,16 @@ RECIPES: dict[str, Recipe] = {
     # bundled `canvases`: strokes vs photograph), width 0.35 at 64x64 and output stride 8
     # (digits are 24-44 pixels, 3-5.5 cells of the stride-8 map), DeepLab's poly schedule
     # with a higher rate (batch 16 of small crops from scratch: 0.007 learns too slowly for
-    # a few minutes). `--data canvases-digits` labels each digit's class instead.
+    # a few minutes). `--data canvases-digits` labels each digit's class instead. fp32:
+    # bf16 autocast made its steps several times slower on the AVX-512-bf16 development CPU
+    # (dilated depthwise convolutions in bf16, channels_last).
     "segment-demo": Recipe(
         model={"task": "segment", "width": 0.35, "round_nearest": 1, "output_stride": 8,
                "resolution": 64, "dropout": 0.1},
         data={"data": "canvases", "batch_size": 16, "hflip": False},
         train={"optimizer": "sgd", "lr": 0.1, "lr_batch": 16, "schedule": "poly",
                "warmup_epochs": 0.5, "momentum": 0.9, "weight_decay": 4e-5,
-               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 6},
+               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 6, "amp": "off"},
         global_batch=16,
     ),
 }
