@@ -131,12 +131,23 @@ RECIPES: dict[str, Recipe] = {
 
 
 def default_recipe(data: str, weights: str | None) -> str:
-    """digits for the bundled data, finetune when starting from weights, else modern."""
+    """digits for the bundled data, segment-demo for the canvases, finetune when starting
+    from weights, deeplab-voc for segmentation folders, else modern."""
     if weights:
         return "finetune"
     if data in ("canvases", "canvases-digits"):
         return "segment-demo"
+    if _is_segmentation_folder(Path(data)):
+        return "deeplab-voc"
     return "digits" if data == "digits" else "modern"
+
+
+def _is_segmentation_folder(root: Path) -> bool:
+    """PASCAL VOC or an images/ + masks/ folder (data.segmentation's layouts)."""
+    voc = any((r / "JPEGImages").is_dir() and (r / "SegmentationClass").is_dir()
+              for r in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"))
+    return voc or any((r / "images").is_dir() and (r / "masks").is_dir()
+                      for r in (root, root / "train"))
 
 
 def make_config(
