@@ -46,6 +46,14 @@ phone-demo: $(STAMP)
 	$(BIN)/mobilenetv2 export --weights runs/demo/model.safetensors --format executorch -o runs/demo/model.pte
 	$(BIN)/mobilenetv2 export --weights runs/demo/model.safetensors --format executorch --precision int8 --calib digits -o runs/demo/model.int8.pte
 
+# The segmentation demo (issue 9): Mobile DeepLabv3 trained on the bundled digits-on-photos
+# canvases, then evaluated (mIoU, per-class IoU, confusion) on their validation split.
+.PHONY: demo-segment
+demo-segment: $(STAMP)
+	$(BIN)/mobilenetv2 train --recipe segment-demo --out runs/demo-segment
+	$(BIN)/mobilenetv2 eval --weights runs/demo-segment/model.safetensors --data canvases \
+		--out runs/demo-segment/eval
+
 readme-table: $(STAMP)
 	$(BIN)/python bench/readme_table.py
 

@@ -32,7 +32,9 @@ PROMISED = {
     "train": ["--recipe", "--config", "--out", "--resume", "--print-config", "--data",
               "--weights", "--epochs", "--lr", "--batch-size", "--threads", "--width"],
     "eval": ["--weights", "--data", "--out", "--batch-size", "--num-workers", "--device",
-             "--json", "--backend", "--precision", "--threads", "--calib"],
+             "--json", "--backend", "--precision", "--threads", "--calib", "--output-stride",
+             "--multi-scale", "--flip"],
+    "segment": ["--weights", "--out", "--json", "--multi-scale", "--flip", "--output-stride"],
 }
 # The verbs that compute, each of which takes --threads (0: the library's choice).
 THREADED = {"predict", "eval", "train", "quantize", "bench", "deploy-demo", "export"}

@@ -176,7 +176,10 @@ def test_registry_entries_are_complete() -> None:
     assert v1.accuracy == {"top1": 71.878, "top5": 90.286}
     assert v2.accuracy == {"top1": 72.154, "top5": 90.822}
     for e in pt.PRETRAINED.values():
-        assert e.url.startswith("https://") and e.format in FORMATS and e.accuracy
+        assert e.url.startswith("https://") and e.format in FORMATS
+        # Every classifier has its published accuracy; no mIoU is published for the GPU
+        # DeepLab file (weights/pretrained.py says why).
+        assert e.accuracy or e.name == "deeplabv3_257_mv_gpu"
         if e.format == "torchvision":  # the hash prefix is the one in the file name
             assert e.filename.endswith(f"-{e.sha256}.pth")
         if e.format == "keras":

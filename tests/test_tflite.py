@@ -157,9 +157,10 @@ def test_wrong_label_count_is_refused(fixtures_dir: Path) -> None:
         convert_tflite(fixtures_dir / QUANT_MODEL, labels=["x"] * 1000)
 
 
-def test_deeplab_model_is_refused_with_a_reason(fixtures_dir: Path) -> None:
-    with pytest.raises(UserError, match="not a MobileNetV2 classifier"):
-        convert_tflite(fixtures_dir / "deeplabv3_mnv2_pascal_quant.tflite")
+def test_deeplab_model_converts_as_a_segmenter(fixtures_dir: Path) -> None:
+    # Issue 9: no longer refused; its parity is in tests/test_segment_convert.py.
+    conv = convert_tflite(fixtures_dir / "deeplabv3_mnv2_pascal_quant.tflite")
+    assert conv.meta.config.task == "segment"
 
 
 def test_not_a_tflite_file(tmp_path: Path) -> None:

@@ -72,6 +72,9 @@ class ModelConfig:
             except DeepLab, whose depth multiplier rounds to multiples of 1).
         task: "classify" (the classifier), "segment" (Mobile DeepLabv3) or "detect"
             (SSDLite); `model.build.build_model` builds the network a config describes.
+        aspp: Segmentation only: add DeepLabv3's three 3x3 atrous branches (rates 6/12/18
+            at output stride 16, doubled at 8) to the head; False is the paper's on-device
+            model (section 6.3, Table 7).
     """
 
     width: float = 1.0
@@ -86,6 +89,7 @@ class ModelConfig:
     finegrain_classification_mode: bool = True
     round_nearest: int = 8
     task: Task = "classify"
+    aspp: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -201,7 +205,7 @@ def _check(ok: bool, message: str) -> None:
 Preset = Literal["auto", "imagenet", "inception", "small"]
 AutoAugment = Literal["none", "trivial", "autoaugment"]
 Optimizer = Literal["sgd", "rmsprop_tf", "adamw"]
-Schedule = Literal["cosine", "exponential", "constant"]
+Schedule = Literal["cosine", "exponential", "constant", "poly"]
 Amp = Literal["auto", "off", "bf16", "fp16"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 
@@ -286,7 +290,8 @@ class TrainConfig:
             the square root, mean square initialised to 1) or "adamw".
         lr: Peak learning rate for a global batch of `lr_batch` images.
         lr_batch: Reference batch of `lr`; the rate is scaled linearly with the global batch.
-        schedule: "cosine" (to `min_lr`), "exponential" (x `lr_decay` per epoch) or "constant".
+        schedule: "cosine" (to `min_lr`), "exponential" (x `lr_decay` per epoch), "constant"
+            or "poly" (DeepLab's: lr x (1 - step / steps) ^ 0.9).
         lr_decay: Per-epoch decay factor of the exponential schedule (0.98 in the paper).
         warmup_epochs: Linear warmup from `warmup_start` x lr, in epochs (fractions allowed).
         warmup_start: Starting fraction of the learning rate during warmup.

@@ -4,6 +4,7 @@
   runs a model over a loader and returns `TopKMetrics` (top-1/top-5, mean loss, confusion
   matrix, per-class accuracy). Training evaluates with it every epoch; segmentation (mIoU)
   and detection (COCO mAP) metrics go beside it, each a loop over a loader and a result.
+- Segmentation's mIoU loop is `tasks.segment_metrics`.
 - `run_eval` is the library function of `mobilenetv2 eval --weights W --data DIR`: the
   weights' own preprocessing, top-k metrics, and `eval.json` + `confusion.png` via
   `write_eval_report`.
@@ -36,6 +37,7 @@ from mobilenetv2.errors import UserError
 
 __all__ = [
     "EvalReport",
+
     "TopKMetrics",
     "plot_confusion",
     "run_eval",

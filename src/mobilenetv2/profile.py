@@ -131,6 +131,9 @@ def profile(config: ModelConfig, resolution: int | None = None) -> Profile:
             conv(f"blocks.{b.index}.expand", b.hidden_channels, 1, 1)
         conv(f"blocks.{b.index}.depthwise", b.hidden_channels, 3, b.stride, b.hidden_channels)
         conv(f"blocks.{b.index}.project", b.out_channels, 1, 1)
+    if config.task == "segment":
+        layers += _deeplab_head(config, shape, res)
+        return Profile(config=config, resolution=res, layers=tuple(layers))
     conv("head", arch.head_channels, 1, 1)
 
     c = shape[0]
@@ -151,6 +154,39 @@ def profile(config: ModelConfig, resolution: int | None = None) -> Profile:
         )
     )
     return Profile(config=config, resolution=res, layers=tuple(layers))
+
+
+def _deeplab_head(
+    config: ModelConfig, shape: tuple[int, int, int], res: int
+) -> list[LayerProfile]:
+    """Mobile DeepLabv3's head (model/heads/deeplabv3.py) on the last block's output: no
+    1x1 conv to 1280 (the paper's "MNet V2*", Table 7); the upsampling has no MAdds."""
+    from mobilenetv2.model.heads.deeplabv3 import HEAD_CHANNELS, aspp_rates
+
+    cin, h, w = shape
+    c, n = HEAD_CHANNELS, config.num_classes
+    pooled = (cin, 1, 1)
+
+    def layer(name: str, op: str, i: tuple[int, int, int], o: tuple[int, int, int], k: int,
+              bias: bool = False) -> LayerProfile:
+        weights = k * k * i[0] * o[0] + (o[0] if bias else 0)
+        return LayerProfile(name, op, i, o, k, 1, 1,
+                            params=weights + (0 if bias else 2 * o[0]),
+                            weights_excluding_bn=weights, madds=k * k * i[0] * o[0] * o[1] * o[2])
+
+    out = [
+        LayerProfile("head.pool", "avgpool", shape, pooled, 0, 1, 1, 0, 0, 0),
+        layer("head.image_pool", "conv", pooled, (c, 1, 1), 1),
+        layer("head.aspp0", "conv", shape, (c, h, w), 1),
+    ]
+    rates = aspp_rates(config)
+    out += [layer(f"head.aspp.{i}", "conv", shape, (c, h, w), 3) for i in range(len(rates))]
+    out += [
+        layer("head.project", "conv", (c * (2 + len(rates)), h, w), (c, h, w), 1),
+        layer("head.logits", "conv", (c, h, w), (n, h, w), 1, bias=True),
+        LayerProfile("upsample", "resize", (n, h, w), (n, res, res), 0, 1, 1, 0, 0, 0),
+    ]
+    return out
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -24,6 +24,16 @@ VARIANTS: dict[str, ModelConfig] = {
     "mobilenetv2_100": ModelConfig(width=1.0),
     "mobilenetv2_130": ModelConfig(width=1.3),
     "mobilenetv2_140": ModelConfig(width=1.4),
+    # Mobile DeepLabv3 (paper section 6.3): output stride 16, PASCAL VOC's 21 classes, the
+    # 513x513 crop DeepLab trains and exports at, dropout 0.1 (TF's keep_prob 0.9). Width
+    # 0.5 rounds channels as DeepLab's depth multiplier does (multiples of 1).
+    "deeplabv3_mobilenetv2_100": ModelConfig(
+        task="segment", output_stride=16, num_classes=21, resolution=513, dropout=0.1
+    ),
+    "deeplabv3_mobilenetv2_050": ModelConfig(
+        task="segment", width=0.5, round_nearest=1, output_stride=16, num_classes=21,
+        resolution=513, dropout=0.1,
+    ),
 }
 
 

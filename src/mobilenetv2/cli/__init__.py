@@ -34,6 +34,7 @@ VERBS: dict[str, str] = {
     "deploy-demo": "deploy_demo",
     "train": "train",
     "eval": "eval",
+    "segment": "segment",
 }
 
 

@@ -45,6 +45,18 @@ class Args:
 def run(args: Args) -> int:
     from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
 
+    if args.weights is not None:
+        from mobilenetv2.segment import weights_task
+
+        task = weights_task(args.weights)
+        if task != "classify":
+            from mobilenetv2.errors import UserError
+
+            raise UserError(f"{args.weights} is a {task} model: bench compares classifiers "
+                            "against torchvision's; `mobilenetv2 profile --variant "
+                            "deeplabv3_mobilenetv2_100` gives a segmenter's arithmetic and "
+                            "`export` / `quantize` its ONNX models")
+
     given = {"weights": args.weights, "threads": threads_or_none(args.threads),
              "rounds": args.rounds, "runs": args.runs, "batch": args.batch, "size": args.size,
              "cpu_ghz": args.cpu_ghz, "phone": False if args.no_phone else None}

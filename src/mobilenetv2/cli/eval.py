@@ -31,12 +31,22 @@ class Args(RuntimeArgs):
                               help="data-loading worker processes; -1: automatic")
     device: str = option("cpu", help="cpu, cuda or cuda:N; the runtime options apply to cpu")
     json: bool = shared("json", False)
+    # Segmentation weights (dispatched to `segment.run_segment_eval`): --data is PASCAL VOC,
+    # an images/masks folder or 'canvases'.
+    output_stride: int | None = option(None, choices=(8, 16), metavar="8|16",
+                                       help="segmentation: evaluate at this output stride",
+                                       default_help="the weights' own")
+    multi_scale: bool = option(False, help="segmentation: DeepLab's six scales (MF)")
+    flip: bool = option(False, help="segmentation: also average left-right flips")
 
 
 def run(args: Args) -> int:
     from mobilenetv2.evaluate import run_eval, topk_text
+    from mobilenetv2.segment import weights_task
     from mobilenetv2.weights import load_weights
 
+    if weights_task(args.weights) == "segment":
+        return _run_segment(args)
     if str(args.device) == "cpu":
         # the fastest correct CPU backend (issue 5); other devices run the PyTorch model
         model, session = model_and_session(args)
@@ -61,4 +71,38 @@ def run(args: Args) -> int:
         print(f"skipped {len(r.skipped)} unreadable file(s)")
     print(f"report:           {report.json_path}")
     print(f"confusion matrix: {report.png_path}")
+    return 0
+
+
+def _run_segment(args: Args) -> int:
+    """`eval` of segmentation weights: mIoU, per-class IoU, pixel accuracy, confusion."""
+    from mobilenetv2.errors import UserError
+    from mobilenetv2.segment import run_segment_eval
+    from mobilenetv2.weights import load_weights
+
+    if args.backend not in ("auto", "torch") or args.precision != "fp32":
+        raise UserError("segmentation weights are evaluated in PyTorch fp32 (--backend and "
+                        "--precision apply to classifiers; `quantize` measures int8 mIoU)")
+    if str(args.weights).lower().endswith(".onnx"):
+        raise UserError(f"{args.weights}: eval runs a segmentation model from its PyTorch "
+                        "weights (.safetensors); `quantize` reports the int8 ONNX model's mIoU")
+    if args.data == "digits":
+        raise UserError("--data: segmentation weights need masks: PASCAL VOC 2012, a folder "
+                        "with images/ and masks/, or 'canvases' (the demo's)")
+    model = load_weights(args.weights)
+    metrics, classes, files = run_segment_eval(
+        model, args.data, args.out, batch_size=min(args.batch_size, 16),
+        num_workers=args.num_workers, device=args.device, output_stride=args.output_stride,
+        multi_scale=args.multi_scale, flip=args.flip, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(metrics.to_dict(classes), indent=1))
+        return 0
+    print(f"{metrics.summary()}  on {metrics.count} images ({args.data})")
+    ious = [(k, v) for k, v in metrics.per_class(classes).items() if v == v]
+    worst = sorted(ious, key=lambda t: t[1])[:5]
+    print("lowest IoU: " + ", ".join(f"{k} {v:.1%}" for k, v in worst))
+    if metrics.skipped:
+        print(f"skipped {len(metrics.skipped)} unreadable file(s)")
+    for what, path in files.items():
+        print(f"{what + ':':<18}{path}")
     return 0

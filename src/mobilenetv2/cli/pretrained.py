@@ -32,12 +32,14 @@ def run(args: Args) -> int:
             for e in entries
         ], indent=2))
         return 0
-    print(f"{'name':<28}{'format':<13}{'width':>6}{'res':>5}{'top1':>8}{'top5':>8}  "
+    print(f"{'name':<34}{'format':<13}{'width':>6}{'res':>5}{'top1|mIoU':>11}{'top5':>8}  "
           f"{'resize/crop':<12}hash")
     for e in entries:
         pre = e.preprocessing
-        print(f"{e.name:<28}{e.format:<13}{e.config.width:>6}{e.config.resolution:>5}"
-              f"{e.accuracy.get('top1', float('nan')):>8.3f}{e.accuracy.get('top5', 0):>8.3f}  "
+        # Segmenters show their mIoU in the top1 column (and none in top5).
+        top1 = e.accuracy.get("top1", e.accuracy.get("miou", float("nan")))
+        print(f"{e.name:<34}{e.format:<13}{e.config.width:>6}{e.config.resolution:>5}"
+              f"{top1:>11.3f}{e.accuracy.get('top5', float('nan')):>8.3f}  "
               f"{f'{pre.resize}/{pre.crop}':<12}{e.sha256 or '-'}")
     print(f"cache: {cache_dir()}")
     return 0

@@ -15,7 +15,8 @@ __all__ = ["Args", "VariantName", "run"]
 # torch and `--help` must not; tests/test_cli.py checks that the two agree.
 VariantName = Literal[
     "mobilenetv2_035", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100",
-    "mobilenetv2_130", "mobilenetv2_140",
+    "mobilenetv2_130", "mobilenetv2_140", "deeplabv3_mobilenetv2_100",
+    "deeplabv3_mobilenetv2_050",
 ]
 
 

@@ -41,10 +41,10 @@ def run(args: Args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'variant':<18}{'width':>6}{'res':>6}{'params':>13}{'weights(noBN)':>15}{'MAdds':>14}")
+    print(f"{'variant':<27}{'width':>6}{'res':>6}{'params':>13}{'weights(noBN)':>15}{'MAdds':>14}")
     for r in rows:
         print(
-            f"{r['name']:<18}{r['width']:>6}{r['resolution']:>6}{r['params']:>13,}"
+            f"{r['name']:<27}{r['width']:>6}{r['resolution']:>6}{r['params']:>13,}"
             f"{r['weights_excluding_bn']:>15,}{r['madds']:>14,}"
         )
     return 0

@@ -64,6 +64,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(t=6, c=320, n=1, s=1),
 )
 STEM_STRIDE = 2
+# TF-slim rounds the expansion (t x input channels) to multiples of 8 at every width.
+EXPANSION_DIVISOR = 8
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -165,10 +167,14 @@ def resolve(cfg: ModelConfig) -> ArchSpec:
             else:
                 layer_stride, dilation = stride, rate
                 current_stride *= stride
+            # The expansion is rounded to multiples of 8 whatever `round_nearest` says:
+            # TF-slim's `expand_input_by_factor(n, divisible_by=8)` (mobilenet_v2.py) keeps
+            # its own divisor, and DeepLab's depth multiplier (divisible_by=1) only reaches
+            # the layers' `num_outputs`. For round_nearest=8 this changes nothing.
             hidden = (
                 in_channels
                 if stage.t == 1
-                else make_divisible(in_channels * stage.t, div)
+                else make_divisible(in_channels * stage.t, EXPANSION_DIVISOR)
             )
             blocks.append(
                 BlockSpec(

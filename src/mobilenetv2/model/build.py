@@ -21,10 +21,17 @@ def _classifier(cfg: ModelConfig) -> nn.Module:
     return MobileNetV2(cfg)
 
 
+def _segmenter(cfg: ModelConfig) -> nn.Module:
+    from mobilenetv2.model.heads.deeplabv3 import DeepLabV3
+
+    return DeepLabV3(cfg)
+
+
 # task -> builder. Each builder returns a module with `.config` (the config it was built
 # from) and a declared `.meta` attribute (None until weights are loaded).
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "classify": _classifier,
+    "segment": _segmenter,
 }
 
 

@@ -96,6 +96,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
+# DeepLab's `learning_power` (research/deeplab/common.py, train.py).
+POLY_POWER = 0.9
+
+
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, base_lr: float) -> float:
     """Learning rate at optimizer step `step` (pure; DESIGN example 11).
 
@@ -112,4 +116,8 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, base_lr: float) -> 
         return cfg.min_lr + (base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "exponential":
         return base_lr * cfg.lr_decay ** (step // steps_per_epoch)
+    if cfg.schedule == "poly":
+        # DeepLab's `learning_policy=poly` (utils/train_utils.py): power 0.9, to 0 at the end.
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base_lr * (1 - t) ** POLY_POWER
     return base_lr

@@ -18,6 +18,8 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
   sampler (`--ra-sampler`), and depthwise kernels are not decayed either.
 - `finetune`: from `--weights`, a new head for the data's classes, SGD with a low learning
   rate and a short cosine schedule; `--freeze` and `--freeze-bn` on request.
+- `deeplab-voc`, `segment-demo`: Mobile DeepLabv3 (paper section 6.3) on PASCAL VOC and on
+  the bundled digits-on-photographs canvases; see the comments at their entries.
 - `digits`: the bundled main job: width 0.5, small-input network at 32x32, SGD + cosine,
   label smoothing, a short EMA; about a minute on two CPU cores for >= 97% test accuracy.
 """
@@ -96,14 +98,56 @@ RECIPES: dict[str, Recipe] = {
                "ema_decay": 0.99, "epochs": 15},
         global_batch=64,
     ),
+    # Mobile DeepLabv3 on PASCAL VOC 2012 (paper section 6.3; DeepLabv3, Chen et al. 2017,
+    # section 4: "poly" learning rate with power 0.9, initial rate 0.007, crop 513x513, batch
+    # 16, output stride 16 in training, SGD momentum 0.9; TF DeepLab's weight decay 4e-5 for
+    # MobileNet backbones). 30,000 steps of batch 16 over trainaug's 10,582 images are about
+    # 45 epochs. The batch is global (16 = 8 GPUs x 2, with --sync-bn for BatchNorm over it).
+    "deeplab-voc": Recipe(
+        model={"task": "segment", "output_stride": 16, "resolution": 513, "dropout": 0.1},
+        data={"batch_size": 16},
+        train={"optimizer": "sgd", "lr": 0.007, "lr_batch": 16, "schedule": "poly",
+               "warmup_epochs": 0, "momentum": 0.9, "weight_decay": 4e-5,
+               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 45},
+        global_batch=16,
+    ),
+    # The segmentation demo (`make demo-segment`): handwriting composited on photographs (the
+    # bundled `canvases`: strokes vs photograph), width 0.35 at 64x64 and output stride 8
+    # (digits are 24-44 pixels, 3-5.5 cells of the stride-8 map), DeepLab's poly schedule
+    # with a higher rate (batch 16 of small crops from scratch: 0.007 learns too slowly for
+    # a few minutes). `--data canvases-digits` labels each digit's class instead. fp32:
+    # bf16 autocast made its steps several times slower on the AVX-512-bf16 development CPU
+    # (dilated depthwise convolutions in bf16, channels_last).
+    "segment-demo": Recipe(
+        model={"task": "segment", "width": 0.35, "round_nearest": 1, "output_stride": 8,
+               "resolution": 64, "dropout": 0.1},
+        data={"data": "canvases", "batch_size": 16, "hflip": False},
+        train={"optimizer": "sgd", "lr": 0.1, "lr_batch": 16, "schedule": "poly",
+               "warmup_epochs": 0.5, "momentum": 0.9, "weight_decay": 4e-5,
+               "label_smoothing": 0.0, "ema_decay": 0.0, "epochs": 6, "amp": "off"},
+        global_batch=16,
+    ),
 }
 
 
 def default_recipe(data: str, weights: str | None) -> str:
-    """digits for the bundled data, finetune when starting from weights, else modern."""
+    """digits for the bundled data, segment-demo for the canvases, finetune when starting
+    from weights, deeplab-voc for segmentation folders, else modern."""
     if weights:
         return "finetune"
+    if data in ("canvases", "canvases-digits"):
+        return "segment-demo"
+    if _is_segmentation_folder(Path(data)):
+        return "deeplab-voc"
     return "digits" if data == "digits" else "modern"
+
+
+def _is_segmentation_folder(root: Path) -> bool:
+    """PASCAL VOC or an images/ + masks/ folder (data.segmentation's layouts)."""
+    voc = any((r / "JPEGImages").is_dir() and (r / "SegmentationClass").is_dir()
+              for r in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"))
+    return voc or any((r / "images").is_dir() and (r / "masks").is_dir()
+                      for r in (root, root / "train"))
 
 
 def make_config(
@@ -134,8 +178,15 @@ def make_config(
     if weights and (Path(weights).is_file() or weights in _pretrained_names()):
         # Fine-tuning starts from the architecture (and resolution) the weights were made for;
         # a missing file is reported once, where the model is built (`train.finetune`).
-        base = {**_weights_config(weights).to_dict(), "dropout": base.get("dropout", 0.2)}
-        del base["num_classes"]  # the new head gets the data's classes
+        wcfg = _weights_config(weights).to_dict()
+        if preset.model.get("task", wcfg["task"]) != wcfg["task"]:
+            # Classification weights starting a segmenter: the task's options come from the
+            # recipe, the backbone's architecture from the weights (tasks/segment.py).
+            base = {**base, **{k: wcfg[k] for k in ("width", "round_nearest", "padding",
+                                                     "bn_eps", "bn_momentum")}}
+        else:
+            base = {**wcfg, "dropout": base.get("dropout", 0.2)}
+            del base["num_classes"]  # the new head gets the data's classes
     m = {**base, **doc.get("model", {}), **model}
     d = {**preset.data, **doc.get("data", {}), **data}
     if preset.global_batch and "batch_size" not in {**doc.get("data", {}), **data}:

@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "img_s")
 
 
+_NAMES = {"val_top1": "top-1", "val_top5": "top-5", "val_miou": "mIoU",
+          "val_pixel_acc": "pixel acc"}
+
+
+def _val_keys(record: dict[str, Any]) -> list[str]:
+    """The task's validation metrics in an epoch record (val_top1, val_miou ...)."""
+    return [k for k in record if k.startswith("val_") and k != "val_loss"]
+
+
 class MetricsLog:
     """Appends one JSON object per line; on resume, drops lines past the resumed step so a
     killed run's tail is not counted twice."""
@@ -68,8 +77,9 @@ class RunLog:
     def epoch(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
         if self.writer is not None:
-            for k in EPOCH_SCALARS:
-                self.writer.add_scalar(f"epoch/{k}", record[k], record["epoch"])
+            for k in dict.fromkeys((*EPOCH_SCALARS, *_val_keys(record))):
+                if k in record:
+                    self.writer.add_scalar(f"epoch/{k}", record[k], record["epoch"])
             self.writer.flush()
         plot_curves(self.metrics.epochs(), self.out / "curves.png")
 
@@ -95,7 +105,10 @@ def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     axes[0].set_title("loss (log scale)")
     axes[0].set_yscale("log")  # early validation losses of an untrained BN dwarf the rest
     axes[1].plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
-    axes[1].plot(x, [100 * r["val_top1"] for r in epochs], "s-", label="validation top-1")
+    head = _val_keys(epochs[-1])[:1] if epochs else []
+    for k in head:  # the task's headline metric: top-1, mIoU, mAP
+        axes[1].plot(x, [100 * r.get(k, float("nan")) for r in epochs], "s-",
+                     label=f"validation {_NAMES.get(k, k[4:])}")
     axes[1].set_title("accuracy (%)")
     axes[2].plot(x, [r["lr"] for r in epochs], "o-", color="tab:green")
     axes[2].set_title("learning rate (end of epoch)")
@@ -115,15 +128,18 @@ def write_report(path: str | os.PathLike, *, config: dict[str, Any], summary: di
     lines = ["# Training report", ""]
     lines += [f"- {k}: {v}" for k, v in summary.items()]
     lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
+    keys = _val_keys(epochs[-1]) if epochs else []
     lines += ["", "## Epochs", "",
-              "| epoch | train loss | train acc | val loss | val top-1 | val top-5 | lr | img/s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| epoch | train loss | train acc | val loss | "
+              + "".join(f"val {_NAMES.get(k, k[4:])} | " for k in keys) + "lr | img/s |",
+              "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
     for r in epochs:
         lines.append(
             f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_acc']:.2%} | "
-            f"{r['val_loss']:.4f} | {r['val_top1']:.2%} | {r['val_top5']:.2%} | "
-            f"{r['lr']:.3g} | {r['img_s']:.0f} |")
-    lines += ["", "## Per-class accuracy (final model)", "", "| class | accuracy |", "|---|---|"]
+            f"{r['val_loss']:.4f} | " + "".join(f"{r.get(k, float('nan')):.2%} | " for k in keys)
+            + f"{r['lr']:.3g} | {r['img_s']:.0f} |")
+    what = "IoU" if "val_miou" in keys else "accuracy"
+    lines += ["", f"## Per-class {what} (final model)", "", f"| class | {what} |", "|---|---|"]
     lines += [f"| {k} | {v:.2%} |" for k, v in per_class.items()]
     lines += ["", f"## Skipped files ({len(skipped)})", ""]
     lines += [f"- `{s}`" for s in skipped[:100]] or ["none"]

@@ -40,11 +40,12 @@ class PretrainedEntry:
         format: Converter to use: torchvision, timm, keras or tflite.
         config: The architecture the file holds (checked against the converted weights).
         preprocessing: The eval transform the published accuracy was measured with.
-        accuracy: Published ImageNet-1k top-1 / top-5 (%).
+        accuracy: Published ImageNet-1k top-1 / top-5 (%), or PASCAL VOC mIoU (%).
         sha256: Full hex sha256, or a prefix (torchvision's 8 hex digits); None if the
             publisher gives none.
         member: For archives, the file inside to convert.
-        labels: "imagenet" (1000 names, or 1001 with background for TF releases).
+        labels: "imagenet" (1000 names, or 1001 with background for TF releases) or
+            "pascal_voc" (PASCAL VOC's 21 segmentation classes).
         notes: Where the numbers come from.
     """
 
@@ -160,8 +161,61 @@ def _keras() -> list[PretrainedEntry]:
     return out
 
 
+CORAL_URL = "https://github.com/google-coral/test_data/raw/master/"
+TFLITE_GPU_URL = "https://storage.googleapis.com/download.tensorflow.org/models/tflite/gpu/"
+
+
+def _deeplab() -> list[PretrainedEntry]:
+    """Mobile DeepLabv3 (paper section 6.3) on PASCAL VOC 2012, 21 classes, as published in
+    TFLite form. mIoU: the DeepLab model zoo (research/deeplab/g3doc/model_zoo.md) for the
+    float checkpoints these files are named after (`mobilenetv2_coco_voc_trainaug` 75.32%,
+    `mobilenetv2_dm05_coco_voc_trainaug` 70.19%, VOC val, output stride 16, single scale);
+    nobody publishes the quantized or GPU files' own mIoU, so none is claimed for the 257
+    model. Preprocessing is what `convert` reads from each file: the whole image resized to
+    the input size (Coral's example), uint8 (pixel - 128) / 128 or float [-1, 1]."""
+    seg = dict(task="segment", output_stride=16, num_classes=21, dropout=0.1, bn_eps=1e-3,
+               padding="tf_same")
+    quant = (128 / 255,) * 3
+
+    def pre(size: int, scale: tuple[float, ...]) -> Preprocessing:
+        return Preprocessing(resize=size, crop=size, resize_mode="exact", mean=scale, std=scale)
+
+    return [
+        PretrainedEntry(
+            name="deeplabv3_mnv2_pascal_quant",
+            url=CORAL_URL + "deeplabv3_mnv2_pascal_quant.tflite",
+            format="tflite",
+            config=ModelConfig(width=1.0, resolution=513, **seg),
+            preprocessing=pre(513, quant),
+            accuracy={"miou": 75.32},
+            sha256="350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398",
+            labels="pascal_voc",
+            notes="Coral, quantized uint8, 513x513, ends in ARG_MAX (the project's fixture)",
+        ),
+        PretrainedEntry(
+            name="deeplabv3_mnv2_dm05_pascal_quant",
+            url=CORAL_URL + "deeplabv3_mnv2_dm05_pascal_quant.tflite",
+            format="tflite",
+            config=ModelConfig(width=0.5, round_nearest=1, resolution=513, **seg),
+            preprocessing=pre(513, quant),
+            accuracy={"miou": 70.19},
+            labels="pascal_voc",
+            notes="Coral, width 0.5 (DeepLab's depth multiplier), quantized uint8, 513x513",
+        ),
+        PretrainedEntry(
+            name="deeplabv3_257_mv_gpu",
+            url=TFLITE_GPU_URL + "deeplabv3_257_mv_gpu.tflite",
+            format="tflite",
+            config=ModelConfig(width=1.0, resolution=257, **seg),
+            preprocessing=pre(257, (0.5,) * 3),
+            labels="pascal_voc",
+            notes="TensorFlow Lite hosted models (GPU delegate demo), float32, 257x257",
+        ),
+    ]
+
+
 PRETRAINED: dict[str, PretrainedEntry] = {e.name: e for e in
-                                          (*_torchvision(), *_tflite(), *_keras())}
+                                          (*_torchvision(), *_tflite(), *_keras(), *_deeplab())}
 
 
 def list_pretrained() -> list[PretrainedEntry]:

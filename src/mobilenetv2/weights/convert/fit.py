@@ -22,7 +22,9 @@ from mobilenetv2.registry import VARIANTS
 __all__ = ["STANDARD_WIDTHS", "fit_width", "nearest_width"]
 
 # The published widths: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.
-STANDARD_WIDTHS: tuple[float, ...] = tuple(cfg.width for cfg in VARIANTS.values())
+STANDARD_WIDTHS: tuple[float, ...] = tuple(
+    cfg.width for cfg in VARIANTS.values() if cfg.task == "classify"
+)
 _GRID = tuple(round(0.005 * i, 3) for i in range(2, 801))  # 0.01 ... 4.0
 
 

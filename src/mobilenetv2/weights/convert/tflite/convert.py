@@ -45,11 +45,11 @@ from mobilenetv2.weights.convert.tflite.match import (
     check_layers,
     match_network,
 )
-from mobilenetv2.weights.convert.tflite.reader import TensorInfo, read_tflite_graph
+from mobilenetv2.weights.convert.tflite.reader import TensorInfo, TFLiteGraph, read_tflite_graph
 from mobilenetv2.weights.format import Converted, WeightsMeta, source_provenance
 from mobilenetv2.weights.imagenet import imagenet_labels
 
-__all__ = ["BN_EPS", "convert_tflite"]
+__all__ = ["BN_EPS", "convert_tflite_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,12 @@ def _state_dict(net: Network) -> dict[str, torch.Tensor]:
     return sd
 
 
-def convert_tflite(
-    path: str | os.PathLike, labels: Sequence[str] | None = None
+def convert_tflite_classifier(
+    path: str | os.PathLike, labels: Sequence[str] | None = None,
+    graph: TFLiteGraph | None = None,
 ) -> Converted:
-    """Convert a MobileNetV2 `.tflite` classifier (float or quantized) to our format.
+    """Convert a MobileNetV2 `.tflite` classifier (float or quantized) to our format
+    (`graph`: the file, already read). `tflite.convert_tflite` also takes segmenters.
 
     Args:
         path: The `.tflite` file.
@@ -193,7 +195,7 @@ def convert_tflite(
     if not p.is_file():
         raise UserError(f"{p}: no such file")
     source = str(p)
-    graph = read_tflite_graph(p)
+    graph = read_tflite_graph(p) if graph is None else graph
     net = match_network(graph, source)
     inp = graph.tensors[graph.inputs[0]]
     if len(inp.shape) != 4 or inp.shape[3] != 3:

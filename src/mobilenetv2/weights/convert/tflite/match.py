@@ -30,7 +30,10 @@ from mobilenetv2.errors import UserError
 from mobilenetv2.model.layers import tf_same_padding
 from mobilenetv2.weights.convert.tflite.reader import OpInfo, TFLiteGraph, dequantize
 
-__all__ = ["Block", "Conv", "Network", "all_convs", "check_layers", "match_network"]
+__all__ = [
+    "Block", "Conv", "Network", "all_convs", "backbone_convs", "check_convs", "check_layers",
+    "match_backbone", "match_network",
+]
 
 # Operators that do not change values in the float model: requantization, and the reshape /
 # squeeze / softmax after the logits (we output logits; softmax is monotonic).
@@ -85,8 +88,9 @@ class Network:
 class _Walker:
     """Consumes the value-changing operators in execution order, checking connectivity."""
 
-    def __init__(self, graph: TFLiteGraph, source: str) -> None:
-        self.g, self.source = graph, source
+    def __init__(self, graph: TFLiteGraph, source: str, extra: frozenset[str] = frozenset(),
+                 what: str = "a MobileNetV2 classifier") -> None:
+        self.g, self.source, self.what = graph, source, what
         self.alias: dict[int, int] = {}
         self.consts: dict[int, np.ndarray] = {}
         self.layers: list[OpInfo] = []
@@ -99,12 +103,12 @@ class _Walker:
                 self.consts[op.outputs[0]] = self.consts[op.inputs[0]]
             elif op.kind in _PASS_THROUGH:
                 self.alias[op.outputs[0]] = self.canon(op.inputs[0])
-            elif op.kind in _LAYERS:
+            elif op.kind in _LAYERS or op.kind in extra:
                 self.layers.append(op)
             else:
                 raise self.error(
-                    f"operator {op.index} is {op.kind}, which a MobileNetV2 classifier does not "
-                    f"have (expected only {', '.join(sorted(_LAYERS | _PASS_THROUGH))})"
+                    f"operator {op.index} is {op.kind}, which {what} does not have (expected "
+                    f"only {', '.join(sorted(_LAYERS | _PASS_THROUGH | extra))})"
                 )
         self.pos = 0
 
@@ -114,8 +118,7 @@ class _Walker:
         return t
 
     def error(self, message: str) -> UserError:
-        return UserError(f"{self.source}: not a MobileNetV2 classifier TFLite can convert: "
-                         f"{message}")
+        return UserError(f"{self.source}: not {self.what} TFLite can convert: {message}")
 
     def peek(self, offset: int = 0) -> OpInfo | None:
         i = self.pos + offset
@@ -178,7 +181,24 @@ def match_network(graph: TFLiteGraph, source: str) -> Network:
     w = _Walker(graph, source)
     if len(graph.inputs) != 1:
         raise w.error(f"{len(graph.inputs)} inputs (an image classifier has one)")
-    x = w.canon(graph.inputs[0])
+    stem, blocks, x = match_backbone(w)
+    head = w.conv(["CONV_2D"], "head conv", x)
+    pool = w.take(["AVERAGE_POOL_2D", "MEAN"], "global average pool", head.y)
+    _check_pool(w, pool, graph.tensors[head.op.outputs[0]].shape)
+    logits = w.conv(["CONV_2D", "FULLY_CONNECTED"], "classifier", w.canon(pool.outputs[0]))
+    if w.peek() is not None:
+        extra = w.peek()
+        raise w.error(f"unexpected operator {extra.index} ({extra.kind}) after the classifier")
+    if logits.bias is None:
+        raise w.error(f"{logits.name}: the classifier has no bias")
+    if not graph.outputs or w.canon(graph.outputs[0]) != logits.y:
+        raise w.error("the model's output is not the classifier's (logits or softmax)")
+    return Network(stem, blocks, head, logits)
+
+
+def match_backbone(w: _Walker) -> tuple[Conv, list[Block], int]:
+    """The stem and the inverted residual blocks from the input on; the last output."""
+    x = w.canon(w.g.inputs[0])
     stem = w.conv(["CONV_2D"], "stem conv", x)
     x = stem.y
     blocks: list[Block] = []
@@ -212,18 +232,7 @@ def match_network(graph: TFLiteGraph, source: str) -> Network:
             x = w.canon(add.outputs[0])
             residual = True
         blocks.append(Block(expand, dw, project, residual))
-    head = w.conv(["CONV_2D"], "head conv", x)
-    pool = w.take(["AVERAGE_POOL_2D", "MEAN"], "global average pool", head.y)
-    _check_pool(w, pool, graph.tensors[head.op.outputs[0]].shape)
-    logits = w.conv(["CONV_2D", "FULLY_CONNECTED"], "classifier", w.canon(pool.outputs[0]))
-    if w.peek() is not None:
-        extra = w.peek()
-        raise w.error(f"unexpected operator {extra.index} ({extra.kind}) after the classifier")
-    if logits.bias is None:
-        raise w.error(f"{logits.name}: the classifier has no bias")
-    if not graph.outputs or w.canon(graph.outputs[0]) != logits.y:
-        raise w.error("the model's output is not the classifier's (logits or softmax)")
-    return Network(stem, blocks, head, logits)
+    return stem, blocks, x
 
 
 def _check_pool(w: _Walker, pool: OpInfo, feature_shape: tuple[int, ...]) -> None:
@@ -250,14 +259,36 @@ def check_layers(net: Network, resolution: int, source: str) -> str:
     def fail(conv: Conv, what: str) -> UserError:
         return UserError(f"{source}: {conv.name}: {what}")
 
-    size = resolution
-    styles: set[str] = set()
-    convs: list[tuple[Conv, int, str]] = [(net.stem, 3, "relu6")]
-    for b in net.blocks:
+    _, padding = check_convs(backbone_convs(net.stem, net.blocks) + [(net.head, 1, "relu6")],
+                             resolution, source)
+    lw = net.logits.weight
+    if net.logits.op.kind == "CONV_2D" and lw.shape[1:3] != (1, 1):
+        raise fail(net.logits, f"classifier kernel {lw.shape[1]}x{lw.shape[2]}, expected 1x1")
+    if net.logits.op.options.get("activation", "none") != "none":
+        raise fail(net.logits, f"fused {net.logits.op.options['activation']} on the logits")
+    return padding
+
+
+def backbone_convs(stem: Conv, blocks: Sequence[Block]) -> list[tuple[Conv, int, str]]:
+    """(conv, kernel, activation) of the stem and every block, in order."""
+    convs: list[tuple[Conv, int, str]] = [(stem, 3, "relu6")]
+    for b in blocks:
         if b.expand is not None:
             convs.append((b.expand, 1, "relu6"))
         convs += [(b.depthwise, 3, "relu6"), (b.project, 1, "none")]
-    convs += [(net.head, 1, "relu6")]
+    return convs
+
+
+def check_convs(convs: Sequence[tuple[Conv, int, str]], resolution: int,
+                source: str) -> tuple[int, str]:
+    """Kernel, activation, bias and padding of a chain of convs; the output size and the
+    padding style ("tf_same" or "symmetric", see `check_layers`)."""
+
+    def fail(conv: Conv, what: str) -> UserError:
+        return UserError(f"{source}: {conv.name}: {what}")
+
+    size = resolution
+    styles: set[str] = set()
     for conv, k, act in convs:
         wshape = conv.weight.shape
         if wshape[1:3] != (k, k):
@@ -279,16 +310,11 @@ def check_layers(net: Network, resolution: int, source: str) -> str:
         stride, dil = opts["stride"][0], opts["dilation"][0]
         styles.add(_check_padding(conv, size, k, stride, dil, fail))
         size = (size + stride - 1) // stride
-    lw = net.logits.weight
-    if net.logits.op.kind == "CONV_2D" and lw.shape[1:3] != (1, 1):
-        raise fail(net.logits, f"classifier kernel {lw.shape[1]}x{lw.shape[2]}, expected 1x1")
-    if net.logits.op.options.get("activation", "none") != "none":
-        raise fail(net.logits, f"fused {net.logits.op.options['activation']} on the logits")
     styles.discard("either")
     if len(styles) > 1:
         raise UserError(f"{source}: some convs pad as TF SAME, others symmetrically (PyTorch); "
                         "MobileNetV2 pads one way throughout")
-    return "symmetric" if styles == {"symmetric"} else "tf_same"
+    return size, "symmetric" if styles == {"symmetric"} else "tf_same"
 
 
 def _check_padding(conv: Conv, size: int, k: int, stride: int, dil: int, fail: Any) -> str:

@@ -188,6 +188,8 @@ def _options(op: Any, kind: str) -> dict[str, Any]:
         "ADD": tflite.AddOptions,
         "FULLY_CONNECTED": tflite.FullyConnectedOptions,
         "MEAN": tflite.ReducerOptions,
+        "CONCATENATION": tflite.ConcatenationOptions,
+        "RESIZE_BILINEAR": tflite.ResizeBilinearOptions,
     }.get(kind)
     table = op.BuiltinOptions()
     if cls is None or table is None:
@@ -195,6 +197,12 @@ def _options(op: Any, kind: str) -> dict[str, Any]:
     o = cls()
     o.Init(table.Bytes, table.Pos)
     out: dict[str, Any] = {}
+    if kind == "RESIZE_BILINEAR":
+        # DeepLab upsamples with align_corners=True; a converter must know which it is.
+        return {"align_corners": bool(o.AlignCorners()),
+                "half_pixel_centers": bool(o.HalfPixelCenters())}
+    if kind == "CONCATENATION":
+        out["axis"] = o.Axis()
     if kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D"):
         out["padding"] = "SAME" if o.Padding() == 0 else "VALID"
         out["stride"] = (o.StrideH(), o.StrideW())
