@@ -21,10 +21,17 @@ def _classifier(cfg: ModelConfig) -> nn.Module:
     return MobileNetV2(cfg)
 
 
+def _detector(cfg: ModelConfig) -> nn.Module:
+    from mobilenetv2.model.heads.ssdlite import SSDLite
+
+    return SSDLite(cfg)
+
+
 # task -> builder. Each builder returns a module with `.config` (the config it was built
 # from) and a declared `.meta` attribute (None until weights are loaded).
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "classify": _classifier,
+    "detect": _detector,
 }
 
 
