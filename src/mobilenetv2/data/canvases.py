@@ -25,7 +25,7 @@ from mobilenetv2.data.digits import DIGITS_LABELS, digits_arrays
 
 __all__ = ["CANVAS_SIZES", "canvas_samples", "render_canvas"]
 
-CANVAS_SIZES = {"train": 2000, "val": 300}
+CANVAS_SIZES = {"train": 1000, "val": 300}
 _SPLIT_CODE = {"train": 1, "val": 2}
 
 
@@ -85,7 +85,7 @@ def _background(layout: _Layout, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR), np.float32)
 
 
-def render_canvas(split: str, index: int, size: int = 160, seed: int = 0
+def render_canvas(split: str, index: int, size: int = 128, seed: int = 0
                   ) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     """Canvas `index` of `split`: (RGB image, boxes (K, 4) x1 y1 x2 y2, labels 1..10)."""
     layout = _layout(split, index, size, seed)
@@ -104,7 +104,7 @@ def render_canvas(split: str, index: int, size: int = 160, seed: int = 0
             np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64))
 
 
-def canvas_samples(split: str, size: int = 160, seed: int = 0, count: int | None = None
+def canvas_samples(split: str, size: int = 128, seed: int = 0, count: int | None = None
                    ) -> DetectionSamples:
     """The split's canvases as samples (boxes computed, pixels rendered by `image_of`)."""
     n = CANVAS_SIZES[split] if count is None else count

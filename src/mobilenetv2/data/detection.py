@@ -218,8 +218,12 @@ class DetectionDataset(Dataset):
             return SKIPPED, s.path
         keep = ~s.crowd
         x, boxes, labels = self.transform(img, s.boxes[keep], s.labels[keep])
+        # The untransformed annotation rides along for the COCO evaluation, which scores
+        # detections mapped back to the original pixels (COCO's size ranges are in those).
         return x, {"boxes": boxes, "labels": labels, "image_id": s.image_id,
-                   "size": (img.height, img.width)}
+                   "size": (img.height, img.width), "orig_boxes": torch.from_numpy(s.boxes),
+                   "orig_labels": torch.from_numpy(s.labels),
+                   "crowd": torch.from_numpy(s.crowd)}
 
 
 def collate_detection(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, list[dict], list]:

@@ -14,6 +14,7 @@ __all__ = ["Metrics", "StepOut", "Task", "TaskData", "get_task"]
 # task name -> (module, class); imported on first use.
 _TASKS: dict[str, tuple[str, str]] = {
     "classify": ("mobilenetv2.tasks.classify", "ClassifyTask"),
+    "detect": ("mobilenetv2.tasks.detect", "DetectTask"),
 }
 
 

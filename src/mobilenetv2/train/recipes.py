@@ -18,6 +18,14 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
   sampler (`--ra-sampler`), and depthwise kernels are not decayed either.
 - `finetune`: from `--weights`, a new head for the data's classes, SGD with a low learning
   rate and a short cosine schedule; `--freeze` and `--freeze-bn` on request.
+- `ssdlite-coco`: SSDLite on COCO (paper section 6.2), torchvision's SSDLite320 recipe
+  (references/detection/README.md: `--epochs 660 --lr-scheduler cosineannealinglr --lr 0.15
+  --batch-size 24 --weight-decay 0.00004 --data-augmentation ssdlite`, 8 GPUs = global batch
+  192, SGD momentum 0.9), with TF's SSD augmentation (`ssd_random_crop`, flip, plus zoom-out
+  and photometric) and 320x320 inputs; lr scales linearly from 0.15 at 192 images.
+  Start the backbone from ImageNet weights with `--weights mobilenetv2_100`.
+- `detect-demo`: SSDLite width 0.5 at 96x96 on the digit canvases (`data.canvases`), AdamW
+  + cosine; a few minutes on two CPU cores (`make demo-detect`).
 - `digits`: the bundled main job: width 0.5, small-input network at 32x32, SGD + cosine,
   label smoothing, a short EMA; about a minute on two CPU cores for >= 97% test accuracy.
 """
@@ -84,6 +92,23 @@ RECIPES: dict[str, Recipe] = {
                "warmup_epochs": 0, "weight_decay": 1e-5, "label_smoothing": 0.1,
                "ema_decay": 0.0, "epochs": 10},
     ),
+    "ssdlite-coco": Recipe(
+        model={"task": "detect", "resolution": 320, "num_classes": 81, "bn_eps": 1e-3,
+               "bn_momentum": 0.03},
+        data={"batch_size": 24, "hflip": True},
+        train={"optimizer": "sgd", "lr": 0.15, "lr_batch": 192, "schedule": "cosine",
+               "warmup_epochs": 1, "warmup_start": 0.001, "momentum": 0.9,
+               "weight_decay": 4e-5, "label_smoothing": 0.0, "epochs": 660},
+    ),
+    "detect-demo": Recipe(
+        model={"task": "detect", "width": 0.5, "resolution": 96, "num_classes": 11,
+               "bn_eps": 1e-3, "bn_momentum": 0.03},
+        data={"data": "canvases", "batch_size": 32, "hflip": False, "num_workers": 1},
+        train={"optimizer": "adamw", "lr": 3e-3, "lr_batch": 32, "schedule": "cosine",
+               "warmup_epochs": 0.5, "weight_decay": 1e-4, "label_smoothing": 0.0,
+               "epochs": 6},
+        global_batch=32,
+    ),
     # The digits recipe keeps its global batch of 64 under torchrun: its 1,438 images give
     # only 11 steps per epoch at a global 128, and the linearly scaled lr 0.2 with one
     # warm-up epoch diverged to chance (issue 12); split over the processes, every step is
@@ -134,8 +159,14 @@ def make_config(
     if weights and (Path(weights).is_file() or weights in _pretrained_names()):
         # Fine-tuning starts from the architecture (and resolution) the weights were made for;
         # a missing file is reported once, where the model is built (`train.finetune`).
-        base = {**_weights_config(weights).to_dict(), "dropout": base.get("dropout", 0.2)}
-        del base["num_classes"]  # the new head gets the data's classes
+        wcfg = _weights_config(weights)
+        if preset.model.get("task", wcfg.task) != wcfg.task:
+            # Another task's weights as this network's backbone (a classifier under a
+            # detector): the recipe's network, at the weights' width and padding.
+            base = {**base, "width": wcfg.width, "padding": wcfg.padding}
+        else:
+            base = {**wcfg.to_dict(), "dropout": base.get("dropout", 0.2)}
+            del base["num_classes"]  # the new head gets the data's classes
     m = {**base, **doc.get("model", {}), **model}
     d = {**preset.data, **doc.get("data", {}), **data}
     if preset.global_batch and "batch_size" not in {**doc.get("data", {}), **data}:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,16 @@ class RunLog:
             self.writer.close()
 
 
+def _val_keys(epochs: list[dict[str, Any]]) -> list[str]:
+    """The task's validation figures of each epoch record (val_top1, val_top5 / val_map ...),
+    in their order: every task's `Metrics.record()` besides the loss."""
+    return [k for k in (epochs[0] if epochs else {}) if k.startswith("val_") and k != "val_loss"]
+
+
+def _val_label(key: str) -> str:
+    return {"val_top1": "val top-1", "val_top5": "val top-5"}.get(key, key.replace("_", " "))
+
+
 def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Loss, accuracy and learning rate per epoch, in three panels."""
     import matplotlib
@@ -94,9 +105,12 @@ def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     axes[0].plot(x, [r["val_loss"] for r in epochs], "s-", label="validation")
     axes[0].set_title("loss (log scale)")
     axes[0].set_yscale("log")  # early validation losses of an untrained BN dwarf the rest
-    axes[1].plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
-    axes[1].plot(x, [100 * r["val_top1"] for r in epochs], "s-", label="validation top-1")
-    axes[1].set_title("accuracy (%)")
+    if not all(math.isnan(r["train_acc"]) for r in epochs):  # detection has no train accuracy
+        axes[1].plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
+    score = _val_keys(epochs)[0]
+    axes[1].plot(x, [100 * r[score] for r in epochs], "s-",
+                 label="validation " + _val_label(score).removeprefix("val "))
+    axes[1].set_title("accuracy (%)" if score == "val_top1" else "validation score (%)")
     axes[2].plot(x, [r["lr"] for r in epochs], "o-", color="tab:green")
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:
@@ -115,14 +129,16 @@ def write_report(path: str | os.PathLike, *, config: dict[str, Any], summary: di
     lines = ["# Training report", ""]
     lines += [f"- {k}: {v}" for k, v in summary.items()]
     lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
+    keys = _val_keys(epochs)
     lines += ["", "## Epochs", "",
-              "| epoch | train loss | train acc | val loss | val top-1 | val top-5 | lr | img/s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| epoch | train loss | train acc | val loss | "
+              + "".join(f"{_val_label(k)} | " for k in keys) + "lr | img/s |",
+              "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
     for r in epochs:
         lines.append(
             f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_acc']:.2%} | "
-            f"{r['val_loss']:.4f} | {r['val_top1']:.2%} | {r['val_top5']:.2%} | "
-            f"{r['lr']:.3g} | {r['img_s']:.0f} |")
+            f"{r['val_loss']:.4f} | " + "".join(f"{r[k]:.2%} | " for k in keys)
+            + f"{r['lr']:.3g} | {r['img_s']:.0f} |")
     lines += ["", "## Per-class accuracy (final model)", "", "| class | accuracy |", "|---|---|"]
     lines += [f"| {k} | {v:.2%} |" for k, v in per_class.items()]
     lines += ["", f"## Skipped files ({len(skipped)})", ""]
