@@ -42,6 +42,13 @@ class Args:
 
 def run(args: Args) -> int:
     from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
+    from mobilenetv2.detect import is_detector
+    from mobilenetv2.errors import UserError
+
+    if args.weights and is_detector(args.weights):
+        raise UserError("bench times classifier variants and backends; for a detector, "
+                        "`mobilenetv2 profile --task detect` gives its exact MAdds, and its "
+                        "ONNX export (`mobilenetv2 export`) runs on ONNX Runtime")
 
     given = {"weights": args.weights, "threads": threads_or_none(args.threads),
              "rounds": args.rounds, "runs": args.runs, "batch": args.batch, "size": args.size,

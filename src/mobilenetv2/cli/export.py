@@ -46,6 +46,8 @@ def run(args: Args) -> int:
     check_output(args.out, [args.weights], SUFFIXES[args.format], f"the {args.format} export")
     apply_threads(args.threads)
     model = load_weights(args.weights)
+    if model.config.task == "detect":
+        return _export_detector(args, model)
     if args.format == "onnx":
         result = export_onnx(model, args.out, input_size=args.input_size,
                              dynamic_hw=args.dynamic_hw, opset=args.opset,
@@ -55,4 +57,20 @@ def run(args: Args) -> int:
                                     atol=args.atol)
     print(f"wrote {result.path} ({result.format}); verified: max abs diff vs PyTorch "
           f"{result.max_abs_diff:.2e} (limit {args.atol:g})")
+    return 0
+
+
+def _export_detector(args: Args, model: object) -> int:
+    """SSDLite: ONNX of the network with its anchors; decoding and NMS stay outside."""
+    from mobilenetv2.errors import UserError
+    from mobilenetv2.export.onnx_detect import export_detector_onnx
+
+    if args.format != "onnx" or args.dynamic_hw or args.exporter != "torchscript":
+        raise UserError("a detector exports to ONNX only, at a fixed input size (its anchors "
+                        "depend on it), with the torchscript exporter")
+    result = export_detector_onnx(model, args.out, input_size=args.input_size,
+                                  opset=args.opset, atol=args.atol)
+    print(f"wrote {result.path} (onnx: outputs box_codes, class_logits, anchors); verified: "
+          f"boxes after mobilenetv2.model.heads.ssd_post.postprocess differ from PyTorch's "
+          f"by {result.max_abs_diff:.2e} px (limit {args.atol:g})")
     return 0

@@ -30,8 +30,13 @@ class Args(RuntimeArgs):
 
 
 def run(args: Args) -> int:
+    from mobilenetv2.detect import is_detector
+    from mobilenetv2.errors import UserError
     from mobilenetv2.predict import predict
 
+    if is_detector(args.weights):
+        raise UserError(f"{args.weights} is an SSDLite detector: `mobilenetv2 detect` draws "
+                        "its boxes (predict classifies whole images)")
     model, session = model_and_session(args)
     if args.backend != "auto" or args.precision != "fp32":
         # stderr, so --json stays parseable: a bf16/int8 result is never taken for fp32

@@ -59,6 +59,8 @@ def run(args: Args) -> int:
         check_output(path, [args.weights, args.calib], what="a quantized model")
     apply_threads(args.threads)
     model = load_weights(args.weights)
+    if model.config.task == "detect":
+        return _quantize_detector(args, model, out)
     if args.method == "ptq":
         result = quantize_ptq(model, out, args.calib, calib_images=args.calib_images,
                               eval_data=args.eval_data, eval_images=args.eval_images)
@@ -78,4 +80,21 @@ def run(args: Args) -> int:
     if result.agreement is not None:
         print(f"int8 and fp32 top-1 agree on {result.agreement:.2f}% of {result.eval_images} "
               f"images ({result.eval_source})")
+    return 0
+
+
+def _quantize_detector(args: Args, model: object, out: str) -> int:
+    """SSDLite PTQ: fp32 and int8 ONNX, COCO mAP of PyTorch, fp32 and int8 on --calib's
+    validation split (calibrated on its training split)."""
+    from mobilenetv2.detect import quantize_detector
+    from mobilenetv2.errors import UserError
+
+    if args.method != "ptq":
+        raise UserError("QAT is for classifiers; a detector is quantized with --method ptq")
+    r = quantize_detector(model, args.calib, out, calibration_images=args.calib_images)
+    print(f"float model: {r['fp32_onnx']} (verified against PyTorch)")
+    print(f"int8 model:  {r['int8_onnx']} (QDQ, per-channel weights, {r['calibration']})")
+    for name, m in r["map"].items():
+        print(f"  {name:<10} COCO mAP {m:.1%}  AP50 {r['ap50'][name]:.1%}  "
+              f"({r['evaluated_on']})")
     return 0
