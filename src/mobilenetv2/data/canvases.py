@@ -127,3 +127,25 @@ def canvas_image(sample: DetectionSample, seed: int = 0) -> Image.Image:
     """`DetectionDataset`'s `image_of` for canvas samples."""
     _, split, index = sample.path.split(":")
     return render_canvas(split, int(index), sample.width, seed)[0]
+
+
+def write_samples(out: str, count: int = 4, size: int = 256) -> list[str]:
+    """Validation canvases as PNG files, to try `mobilenetv2 detect` on."""
+    from pathlib import Path
+
+    from mobilenetv2._files import atomic_write
+
+    paths = []
+    for i in range(count):
+        img, _, _ = render_canvas("val", i, size)
+        p = Path(out) / f"val_canvas_{i}.png"
+        paths.append(str(atomic_write(p, lambda t, img=img: img.save(t, format="PNG"),
+                                      suffix=".png")))
+    return paths
+
+
+if __name__ == "__main__":  # `python -m mobilenetv2.data.canvases DIR` (make demo-detect)
+    import sys
+
+    for path in write_samples(sys.argv[1] if len(sys.argv) > 1 else "runs/detect-demo/samples"):
+        print(path)
