@@ -72,5 +72,5 @@ def _export_detector(args: Args, model: object) -> int:
                                   opset=args.opset, atol=args.atol)
     print(f"wrote {result.path} (onnx: outputs box_codes, class_logits, anchors); verified: "
           f"boxes after mobilenetv2.model.heads.ssd_post.postprocess differ from PyTorch's "
-          f"by {result.max_abs_diff:.2e} px (limit {args.atol:g})")
+          f"by {result.max_abs_diff:.2e} px (limit {args.atol:g} of the image side)")
     return 0

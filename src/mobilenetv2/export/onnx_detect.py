@@ -5,7 +5,9 @@ classifier's export), and carries the anchors (A, 4), normalised (ymin, xmin, ym
 a constant third output `anchors`, so the file alone is enough. Decoding, score threshold and
 NMS stay outside (NMS inside ONNX graphs is where runtimes differ most), in
 `mobilenetv2.model.heads.ssd_post.postprocess`, the same function PyTorch's `detect` uses:
-an ONNX Runtime user gets PyTorch's boxes (verified here to `atol` after post-processing).
+an ONNX Runtime user gets PyTorch's boxes (verified here after post-processing: boxes agree
+to `atol` of the image side, TF's normalised box units; fp32 rounding of the two runtimes'
+convolutions moves box corners by ~1e-6 of the side, about 2e-4 px at 128x128).
 The input size is fixed at export (anchors depend on it); the batch is dynamic.
 """
 
@@ -109,7 +111,8 @@ def verify_detector_onnx(model: nn.Module, path: str | Path, size: int, atol: fl
                          inputs: torch.Tensor | None = None, score_threshold: float = 0.01,
                          anchors: torch.Tensor | None = None) -> float:
     """Largest difference of post-processed boxes (pixels) between ONNX Runtime and PyTorch,
-    on the same inputs; `UserError` above `atol` or when detections differ in number/labels."""
+    on the same inputs; `UserError` when it exceeds `atol` x the input side (normalised box
+    units) or when the detections differ in number or labels."""
     x = inputs if inputs is not None else torch.randn(
         3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -120,7 +123,8 @@ def verify_detector_onnx(model: nn.Module, path: str | Path, size: int, atol: fl
     got = postprocess(torch.from_numpy(c), torch.from_numpy(lg), torch.from_numpy(onnx_anchors),
                       (size, size), score_threshold)
     diff = _boxes_diff(ref, got)
-    if diff > atol:
+    if diff / size > atol:
         raise UserError(f"{path}: ONNX Runtime's detections differ from PyTorch's by {diff:.3g} "
-                        f"pixels (more than {atol:g}); the export is wrong")
+                        f"pixels (more than {atol:g} of the {size}-pixel side); the export is "
+                        "wrong")
     return diff

@@ -24,7 +24,7 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
   192, SGD momentum 0.9), with TF's SSD augmentation (`ssd_random_crop`, flip, plus zoom-out
   and photometric) and 320x320 inputs; lr scales linearly from 0.15 at 192 images.
   Start the backbone from ImageNet weights with `--weights mobilenetv2_100`.
-- `detect-demo`: SSDLite width 0.5 at 96x96 on the digit canvases (`data.canvases`), AdamW
+- `detect-demo`: SSDLite width 0.5 at 128x128 on the digit canvases (`data.canvases`), AdamW
   + cosine; a few minutes on two CPU cores (`make demo-detect`).
 - `digits`: the bundled main job: width 0.5, small-input network at 32x32, SGD + cosine,
   label smoothing, a short EMA; about a minute on two CPU cores for >= 97% test accuracy.
@@ -101,7 +101,7 @@ RECIPES: dict[str, Recipe] = {
                "weight_decay": 4e-5, "label_smoothing": 0.0, "epochs": 660},
     ),
     "detect-demo": Recipe(
-        model={"task": "detect", "width": 0.5, "resolution": 96, "num_classes": 11,
+        model={"task": "detect", "width": 0.5, "resolution": 128, "num_classes": 11,
                "bn_eps": 1e-3, "bn_momentum": 0.03},
         data={"data": "canvases", "batch_size": 32, "hflip": False, "num_workers": 1},
         train={"optimizer": "adamw", "lr": 3e-3, "lr_batch": 32, "schedule": "cosine",
