@@ -171,3 +171,20 @@ def test_detect_returns_torchvision_format() -> None:
         assert d["boxes"].shape == (7, 4) and d["labels"].dtype == torch.int64
         assert (d["labels"] >= 1).all() and (d["labels"] <= 3).all()
         assert (d["boxes"][:, 2] <= 128).all() and (d["boxes"][:, 3] <= 96).all()
+
+
+def test_backbone_from_classification_weights(tmp_path) -> None:
+    from mobilenetv2.tasks.detect import build_detector
+    from mobilenetv2.train.recipes import make_config
+    from mobilenetv2.weights.format import save
+
+    cls = create_model("mobilenetv2_035", num_classes=10)
+    path = tmp_path / "cls.safetensors"
+    save(cls, path)
+    cfg = make_config("detect-demo", train={"weights": str(path)}, out=str(tmp_path / "r"))
+    assert cfg.model.task == "detect" and cfg.model.width == 0.35
+    det = build_detector(cfg, 11)
+    assert det.config.task == "detect" and det.num_classes == 11
+    for key, value in cls.state_dict().items():
+        if not key.startswith("classifier."):
+            torch.testing.assert_close(det.state_dict()[key], value, rtol=0, atol=0)

@@ -49,7 +49,7 @@ def run(args: Args) -> int:
         if r.error:
             print(f"mobilenetv2 detect: error: {r.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps(coco_results_of(results), indent=1))
+        print("[" + ",\n ".join(json.dumps(r) for r in coco_results_of(results)) + "]")
     else:
         for r in results:
             if r.ok:

@@ -66,8 +66,8 @@ def _export_detector(args: Args, model: object) -> int:
     from mobilenetv2.export.onnx_detect import export_detector_onnx
 
     if args.format != "onnx" or args.dynamic_hw or args.exporter != "torchscript":
-        raise UserError("a detector exports to ONNX only, at a fixed input size (its anchors "
-                        "depend on it), with the torchscript exporter")
+        raise UserError("a detector exports to ONNX only (--format onnx, the default "
+                        "exporter), at a fixed input size: its anchors depend on it")
     result = export_detector_onnx(model, args.out, input_size=args.input_size,
                                   opset=args.opset, atol=args.atol)
     print(f"wrote {result.path} (onnx: outputs box_codes, class_logits, anchors); verified: "

@@ -120,6 +120,11 @@ def verify_detector_onnx(model: nn.Module, path: str | Path, size: int, atol: fl
     anchors_ref = anchors if anchors is not None else model.anchors(size, size)
     ref = postprocess(codes, logits, anchors_ref, (size, size), score_threshold)
     c, lg, onnx_anchors = onnx_detector_outputs(path, x.numpy())
+    # The raw outputs first: an untrained net has no detections to compare.
+    raw = max(float(np.abs(c - codes.numpy()).max()), float(np.abs(lg - logits.numpy()).max()))
+    if not raw < 1e-3:
+        raise UserError(f"{path}: ONNX Runtime's box codes / logits differ from PyTorch's by "
+                        f"{raw:.3g} (more than 1e-3); the export is wrong")
     got = postprocess(torch.from_numpy(c), torch.from_numpy(lg), torch.from_numpy(onnx_anchors),
                       (size, size), score_threshold)
     diff = _boxes_diff(ref, got)
