@@ -76,4 +76,4 @@ def test_short_training_lowers_the_loss_and_detects(tmp_path: Path) -> None:
     assert main(["eval", "--weights", str(result.model_path), "--data", "canvases",
                  "--out", str(tmp_path / "eval")]) == 0
     doc = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert doc["task"] == "detect" and doc["images"] == 300
+    assert doc["task"] == "detect" and doc["images"] == 200

@@ -25,7 +25,7 @@ from mobilenetv2.data.digits import DIGITS_LABELS, digits_arrays
 
 __all__ = ["CANVAS_SIZES", "canvas_samples", "render_canvas"]
 
-CANVAS_SIZES = {"train": 1000, "val": 300}
+CANVAS_SIZES = {"train": 1000, "val": 200}
 _SPLIT_CODE = {"train": 1, "val": 2}
 
 

@@ -54,13 +54,17 @@ class _Joint:
                 out["labels"])
 
 
-def detection_train_transform(pre: Preprocessing, hflip: bool = True) -> Transform:
-    """SSD augmentation (photometric, zoom out, IoU crop, flip) then the resize."""
+def detection_train_transform(pre: Preprocessing, hflip: bool = True, light: bool = False
+                              ) -> Transform:
+    """SSD augmentation (photometric, zoom out, IoU crop, flip) then the resize; `light`
+    keeps only the photometric distortion and flip (data whose objects already come at
+    every scale, like the demo canvases, learns several times faster without the rest)."""
     fill = tuple(int(round(m * 255)) for m in pre.mean)
-    ops: list[Any] = [T.RandomPhotometricDistort(p=0.5),
-                      T.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0},
-                                      side_range=(1.0, 4.0), p=0.5),
-                      T.RandomIoUCrop()]
+    ops: list[Any] = [T.RandomPhotometricDistort(p=0.5)]
+    if not light:
+        ops += [T.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0},
+                                side_range=(1.0, 4.0), p=0.5),
+                T.RandomIoUCrop()]
     if hflip:
         ops.append(T.RandomHorizontalFlip(0.5))
     return _Joint(ops, pre)

@@ -131,7 +131,10 @@ def detection_data(cfg: RunConfig, size: int) -> TaskData:
     hflip = dc.hflip and not demo
     return TaskData(
         pre=pre,
-        train=DetectionDataset(train.samples, detection_train_transform(pre, hflip), image_of),
+        # --preset small: light augmentation (photometric + flip) instead of SSD's full one
+        train=DetectionDataset(train.samples,
+                               detection_train_transform(pre, hflip, light=dc.preset == "small"),
+                               image_of),
         val=DetectionDataset(val.samples, detection_eval_transform(pre), image_of),
         classes=train.classes, source=source, val_name=val_name,
         unreadable=sorted({p.split(":")[0] for p in train.problems + val.problems

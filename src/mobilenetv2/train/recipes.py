@@ -25,7 +25,8 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
   and photometric) and 320x320 inputs; lr scales linearly from 0.15 at 192 images.
   Start the backbone from ImageNet weights with `--weights mobilenetv2_100`.
 - `detect-demo`: SSDLite width 0.5 at 128x128 on the digit canvases (`data.canvases`), AdamW
-  + cosine; a few minutes on two CPU cores (`make demo-detect`).
+  + cosine, light augmentation (`preset small`: photometric only; the canvases already put
+  digits at every scale and position) (`make demo-detect`).
 - `digits`: the bundled main job: width 0.5, small-input network at 32x32, SGD + cosine,
   label smoothing, a short EMA; about a minute on two CPU cores for >= 97% test accuracy.
 """
@@ -103,7 +104,8 @@ RECIPES: dict[str, Recipe] = {
     "detect-demo": Recipe(
         model={"task": "detect", "width": 0.5, "resolution": 128, "num_classes": 11,
                "bn_eps": 1e-3, "bn_momentum": 0.03},
-        data={"data": "canvases", "batch_size": 16, "hflip": False, "num_workers": 1},
+        data={"data": "canvases", "batch_size": 16, "hflip": False, "num_workers": 1,
+              "preset": "small"},
         train={"optimizer": "adamw", "lr": 3e-3, "lr_batch": 16, "schedule": "cosine",
                "warmup_epochs": 0.25, "weight_decay": 1e-4, "label_smoothing": 0.0,
                "epochs": 8},
