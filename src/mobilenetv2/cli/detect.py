@@ -30,13 +30,16 @@ class Args:
                                   help="NMS IoU threshold (TF's 0.6)")
     max_detections: int = option(100, minimum=1, metavar="N", help="boxes per image at most")
     json: bool = shared("json", False)
+    threads: int = shared("threads", 0)
 
 
 def run(args: Args) -> int:
+    from mobilenetv2.cli.backend import apply_threads
     from mobilenetv2.detect import coco_results_of, detect_images
     from mobilenetv2.errors import UserError
     from mobilenetv2.weights import load_weights
 
+    apply_threads(args.threads)
     model = load_weights(args.weights)
     if model.config.task != "detect":
         raise UserError(f"{args.weights} holds a {model.config.task} network, not a detector; "
