@@ -115,7 +115,7 @@ RECIPES: dict[str, Recipe] = {
         train={"optimizer": "adamw", "lr": 3e-3, "lr_batch": 16, "schedule": "cosine",
                "amp": "off",
                "warmup_epochs": 0.25, "weight_decay": 1e-4, "label_smoothing": 0.0,
-               "epochs": 8},
+               "epochs": 16},
         global_batch=16,
     ),
     # The digits recipe keeps its global batch of 64 under torchrun: its 1,438 images give
