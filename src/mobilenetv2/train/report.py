@@ -70,7 +70,11 @@ class RunLog:
         self.metrics.write(record)
         if self.writer is not None:
             for k in EPOCH_SCALARS:
-                self.writer.add_scalar(f"epoch/{k}", record[k], record["epoch"])
+                if k in record:  # the task's own val_* keys (top-1, mIoU, mAP) vary
+                    self.writer.add_scalar(f"epoch/{k}", record[k], record["epoch"])
+            for k in _val_keys([record]):
+                if k not in EPOCH_SCALARS:
+                    self.writer.add_scalar(f"epoch/{k}", record[k], record["epoch"])
             self.writer.flush()
         plot_curves(self.metrics.epochs(), self.out / "curves.png")
 
