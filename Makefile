@@ -42,7 +42,7 @@ deploy-demo: $(STAMP)
 .PHONY: demo-detect
 demo-detect: $(STAMP)
 	$(BIN)/mobilenetv2 train --recipe detect-demo --out runs/detect-demo
-	$(BIN)/python -m mobilenetv2.data.canvases runs/detect-demo/samples
+	$(BIN)/python -m mobilenetv2.data.det_canvases runs/detect-demo/samples
 	$(BIN)/mobilenetv2 detect runs/detect-demo/samples --weights runs/detect-demo/model.safetensors --out runs/detect-demo/detections
 
 readme-table: $(STAMP)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenetv2.data.canvases import canvas_samples, render_canvas
+from mobilenetv2.data.det_canvases import canvas_samples, render_canvas
 from mobilenetv2.data.det_transforms import (
     detection_eval_transform,
     detection_preprocessing,
@@ -133,7 +133,7 @@ def test_demo_canvas_boxes_frame_the_pasted_digits() -> None:
         assert ((labels >= 1) & (labels <= 10)).all()
         # every box holds ink and ink touches each of its four edges; outside the boxes only
         # the faint fringe (opacity <= 0.2, so at most 0.2 x 255) differs from the photograph
-        from mobilenetv2.data.canvases import _background, _layout
+        from mobilenetv2.data.det_canvases import _background, _layout
 
         bg = _background(_layout("val", i, 128, 0), 128)
         diff = np.abs(np.asarray(img, np.float32) - bg).max(2)

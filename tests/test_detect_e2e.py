@@ -67,7 +67,7 @@ def test_short_training_lowers_the_loss_and_detects(tmp_path: Path) -> None:
     assert 0.0 <= result.metrics.score <= 1.0
     model = load_weights(result.model_path)
     assert model.config.task == "detect" and model.meta.labels[0] == "__background__"
-    from mobilenetv2.data.canvases import write_samples
+    from mobilenetv2.data.det_canvases import write_samples
 
     samples = write_samples(str(tmp_path / "samples"), count=1)
     assert main(["detect", samples[0], "--weights", str(result.model_path), "--out",

@@ -153,7 +153,7 @@ def coco_results_of(results: list[DetectResult]) -> list[dict[str, Any]]:
 def _val_loader(model: nn.Module, data: str, batch_size: int, num_workers: int = 0,
                 val_split: float = 0.1, seed: int = 0, split: str = "val"
                 ) -> tuple[Any, list[str], str]:
-    from mobilenetv2.data.canvases import canvas_image
+    from mobilenetv2.data.det_canvases import canvas_image
     from mobilenetv2.data.detection import DetectionDataset, collate_detection
     from mobilenetv2.data.loaders import make_loader
     from mobilenetv2.tasks.detect import DEMO_SOURCES, detection_samples

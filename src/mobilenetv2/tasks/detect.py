@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mobilenetv2._files import atomic_write
 from mobilenetv2.config import RunConfig
-from mobilenetv2.data.canvases import canvas_image, canvas_samples
+from mobilenetv2.data.det_canvases import canvas_image, canvas_samples
 from mobilenetv2.data.det_transforms import (
     detection_eval_transform,
     detection_preprocessing,

@@ -24,7 +24,8 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
   192, SGD momentum 0.9), with TF's SSD augmentation (`ssd_random_crop`, flip, plus zoom-out
   and photometric) and 320x320 inputs; lr scales linearly from 0.15 at 192 images.
   Start the backbone from ImageNet weights with `--weights mobilenetv2_100`.
-- `detect-demo`: SSDLite width 0.5 at 128x128 on the digit canvases (`data.canvases`), AdamW
+- `detect-demo`: SSDLite width 0.5 at 128x128 on the digit canvases (`data.det_canvases`),
+  AdamW
   + cosine, light augmentation (`preset small`: photometric only; the canvases already put
   digits at every scale and position) (`make demo-detect`).
 - `digits`: the bundled main job: width 0.5, small-input network at 32x32, SGD + cosine,

@@ -144,7 +144,7 @@ def write_samples(out: str, count: int = 4, size: int = 256) -> list[str]:
     return paths
 
 
-if __name__ == "__main__":  # `python -m mobilenetv2.data.canvases DIR` (make demo-detect)
+if __name__ == "__main__":  # `python -m mobilenetv2.data.det_canvases DIR` (make demo-detect)
     import sys
 
     for path in write_samples(sys.argv[1] if len(sys.argv) > 1 else "runs/detect-demo/samples"):
