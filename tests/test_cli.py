@@ -35,9 +35,12 @@ PROMISED = {
              "--json", "--backend", "--precision", "--threads", "--calib", "--output-stride",
              "--multi-scale", "--flip"],
     "segment": ["--weights", "--out", "--json", "--multi-scale", "--flip", "--output-stride"],
+    "detect": ["--weights", "--out", "--score-threshold", "--iou-threshold", "--max-detections",
+               "--json", "--threads"],
 }
 # The verbs that compute, each of which takes --threads (0: the library's choice).
-THREADED = {"predict", "eval", "train", "quantize", "bench", "deploy-demo", "export"}
+THREADED = {"predict", "eval", "train", "quantize", "bench", "deploy-demo", "export",
+            "detect"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -194,7 +197,8 @@ def test_threads_zero_is_the_library_default_everywhere(verb: str) -> None:
 
     required = {"predict": ["x.jpg", "--weights", "w"], "eval": ["--weights", "w"],
                 "quantize": ["--weights", "w", "--calib", "digits"],
-                "deploy-demo": ["--weights", "w"], "export": ["--weights", "w", "-o", "m.onnx"]}
+                "deploy-demo": ["--weights", "w"], "export": ["--weights", "w", "-o", "m.onnx"],
+                "detect": ["x.jpg", "--weights", "w"]}
     parser = build_parser()
     for threads in ("0", "3"):
         ns = parser.parse_args([verb, *required.get(verb, []), "--threads", threads])

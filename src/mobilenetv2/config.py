@@ -326,6 +326,8 @@ class TrainConfig:
         device: "auto", "cpu", "cuda" or "cuda:N".
         tensorboard: Write TensorBoard event files when tensorboard is installed.
         threads: CPU threads for intra-op parallelism (0: PyTorch's default).
+        det_loss: Detection's classification loss: "hard_negatives" (softmax cross-entropy
+            with 3:1 hard negative mining, TF's SSD config) or "focal" (all anchors).
     """
 
     recipe: str = "digits"
@@ -365,6 +367,7 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = True
     threads: int = 0
+    det_loss: Literal["hard_negatives", "focal"] = "hard_negatives"
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and self.epochs >= 1, f"epochs must be >= 1, got "

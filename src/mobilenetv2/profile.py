@@ -55,6 +55,12 @@ class Profile:
     config: ModelConfig
     resolution: int
     layers: tuple[LayerProfile, ...] = field(repr=False)
+    # A detector's anchors per prediction layer: (tap, height, width, boxes per position).
+    anchors: tuple[tuple[str, int, int, int], ...] = ()
+
+    @property
+    def num_anchors(self) -> int:
+        return sum(h * w * k for _, h, w, k in self.anchors)
 
     @property
     def params(self) -> int:
@@ -84,6 +90,8 @@ class Profile:
             "weights_excluding_bn": self.weights_excluding_bn,
             "madds": self.madds,
             "peak_activation_bytes": self.peak_activation_bytes,
+            **({"anchors": [list(a) for a in self.anchors], "num_anchors": self.num_anchors}
+               if self.anchors else {}),
             "layers": [
                 {**asdict(layer), "activation_bytes": layer.activation_bytes}
                 for layer in self.layers
@@ -103,12 +111,16 @@ def profile(config: ModelConfig, resolution: int | None = None) -> Profile:
     layers: list[LayerProfile] = []
     shape = (3, res, res)
 
-    def conv(name: str, cout: int, k: int, stride: int, groups: int = 1) -> None:
+    def conv(name: str, cout: int, k: int, stride: int, groups: int = 1,
+             bias: bool = False) -> None:
         nonlocal shape
-        cin, h, w = shape
+        # The last row's output (a detector's "tap" rows restart from a feature map).
+        cin, h, w = layers[-1].out_shape if layers else shape
         # With (k-1)/2*d padding (symmetric) or TF SAME, the output side is ceil(in/stride).
         out = (cout, -(-h // stride), -(-w // stride))
         weights = k * k * (cin // groups) * cout
+        # A conv with a bias (SSDLite's predictors) has no BatchNorm after it.
+        extra = cout if bias else 0
         layers.append(
             LayerProfile(
                 name=name,
@@ -118,8 +130,8 @@ def profile(config: ModelConfig, resolution: int | None = None) -> Profile:
                 kernel=k,
                 stride=stride,
                 groups=groups,
-                params=weights + 2 * cout,  # + BatchNorm gamma and beta
-                weights_excluding_bn=weights,
+                params=weights + (extra or 2 * cout),  # + bias, or BatchNorm gamma and beta
+                weights_excluding_bn=weights + extra,
                 madds=weights * out[1] * out[2],
             )
         )
@@ -135,6 +147,8 @@ def profile(config: ModelConfig, resolution: int | None = None) -> Profile:
         layers += _deeplab_head(config, shape, res)
         return Profile(config=config, resolution=res, layers=tuple(layers))
     conv("head", arch.head_channels, 1, 1)
+    if config.task == "detect":
+        return _ssdlite(config, res, layers, conv)
 
     c = shape[0]
     layers.append(LayerProfile("pool", "avgpool", shape, (c, 1, 1), 0, 1, 1, 0, 0, 0))
@@ -187,6 +201,38 @@ def _deeplab_head(
         LayerProfile("upsample", "resize", (n, h, w), (n, res, res), 0, 1, 1, 0, 0, 0),
     ]
     return out
+
+
+def _ssdlite(config: ModelConfig, res: int, layers: list[LayerProfile], conv: Any) -> Profile:
+    """SSDLite's extra layers and separable prediction heads (paper section 6.2, Table 6)
+    after the backbone's head conv; the closure `conv` reads the last layer's output shape,
+    so each head starts from a copy of its map's shape appended as a zero-cost tap."""
+    from mobilenetv2.model.heads.ssdlite_arch import (
+        EXTRA_LAYER_DEPTHS,
+        FEATURE_TAPS,
+        boxes_per_location,
+        extra_depth,
+    )
+
+    by_name = {layer.name: layer.out_shape for layer in layers}
+    maps = [(name, by_name[name]) for name in FEATURE_TAPS]
+    for i, depth in enumerate(EXTRA_LAYER_DEPTHS):
+        d = extra_depth(depth, config.width)
+        conv(f"extras.{i}.0", d // 2, 1, 1)
+        conv(f"extras.{i}.1", d // 2, 3, 2, d // 2)
+        conv(f"extras.{i}.2", d, 1, 1)
+        maps.append((f"extras.{i}", layers[-1].out_shape))
+    anchors = []
+    for i, ((name, shape), k) in enumerate(zip(maps, boxes_per_location())):
+        c, h, w = shape
+        anchors.append((name, h, w, k))
+        for head, outputs in (("box_heads", 4 * k), ("class_heads", config.num_classes * k)):
+            # A zero-cost "tap" row resets the running shape to this map's.
+            layers.append(LayerProfile(f"{head}.{i}.input", "tap", shape, shape, 0, 1, 1,
+                                       0, 0, 0))
+            conv(f"{head}.{i}.depthwise", c, 3, 1, c)
+            conv(f"{head}.{i}.predict", outputs, 1, 1, bias=True)
+    return Profile(config=config, resolution=res, layers=tuple(layers), anchors=tuple(anchors))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

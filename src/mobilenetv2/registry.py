@@ -15,7 +15,7 @@ from mobilenetv2.config import ModelConfig
 from mobilenetv2.model import MobileNetV2Features, build_model
 from mobilenetv2.model.backbone import DEFAULT_OUT_FEATURES
 
-__all__ = ["VARIANTS", "create_model", "resolve_variant", "variant_config"]
+__all__ = ["DETECTION_VARIANTS", "VARIANTS", "create_model", "resolve_variant", "variant_config"]
 
 VARIANTS: dict[str, ModelConfig] = {
     "mobilenetv2_035": ModelConfig(width=0.35),
@@ -36,12 +36,23 @@ VARIANTS: dict[str, ModelConfig] = {
     ),
 }
 
+# SSDLite detectors (paper section 6.2, Table 6): 320x320 as the paper, 91 classes as TF's
+# COCO label map (index 0 = background, 90 category ids), BatchNorm as torchvision's SSDLite
+# (eps 1e-3, momentum 0.03; TF's decay 0.97 / 0.9997 configs are close to it).
+DETECTION_VARIANTS: dict[str, ModelConfig] = {
+    f"ssdlite_mobilenetv2_{suffix}": ModelConfig(
+        width=width, task="detect", resolution=320, num_classes=91, bn_eps=1e-3,
+        bn_momentum=0.03)
+    for suffix, width in (("050", 0.5), ("100", 1.0))
+}
+
 
 def variant_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of a named variant with some fields overridden."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    return VARIANTS[name].replace(**overrides)
+    known = {**VARIANTS, **DETECTION_VARIANTS}
+    if name not in known:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(known)}")
+    return known[name].replace(**overrides)
 
 
 def resolve_variant(variant: str | None, width: float | None, **overrides: Any) -> ModelConfig:

@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "convert": "convert",
     "pretrained": "pretrained",
     "predict": "predict",
+    "detect": "detect",
     "export": "export",
     "quantize": "quantize",
     "bench": "bench",

@@ -44,6 +44,12 @@ class Args:
 
 def run(args: Args) -> int:
     from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
+    from mobilenetv2.errors import UserError
+
+    if args.weights and weights_task(args.weights) == "detect":
+        raise UserError("bench times classifier variants and backends; for a detector, "
+                        "`mobilenetv2 profile --task detect` gives its exact MAdds, and its "
+                        "ONNX export (`mobilenetv2 export`) runs on ONNX Runtime")
 
     if args.weights is not None:
         from mobilenetv2.segment import weights_task

@@ -59,6 +59,8 @@ def run(args: Args) -> int:
     check_output(args.out, [args.weights], SUFFIXES[args.format], f"the {args.format} export")
     apply_threads(args.threads)
     model = load_weights(args.weights)
+    if model.config.task == "detect":
+        return _export_detector(args, model)
     if args.format in ("tflite", "executorch"):
         return _phone(args, model)
     if args.precision != "fp32":
@@ -96,4 +98,20 @@ def _phone(args: Args, model) -> int:
     result = export(model, args.out, precision=args.precision, calibration=data,
                     input_size=args.input_size, atol=args.atol)
     print(f"wrote {result}")
+    return 0
+
+
+def _export_detector(args: Args, model: object) -> int:
+    """SSDLite: ONNX of the network with its anchors; decoding and NMS stay outside."""
+    from mobilenetv2.errors import UserError
+    from mobilenetv2.export.onnx_detect import export_detector_onnx
+
+    if args.format != "onnx" or args.dynamic_hw or args.exporter != "torchscript":
+        raise UserError("a detector exports to ONNX only (--format onnx, the default "
+                        "exporter), at a fixed input size: its anchors depend on it")
+    result = export_detector_onnx(model, args.out, input_size=args.input_size,
+                                  opset=args.opset, atol=args.atol)
+    print(f"wrote {result.path} (onnx: outputs box_codes, class_logits, anchors); verified: "
+          f"boxes after mobilenetv2.model.heads.ssd_post.postprocess differ from PyTorch's "
+          f"by {result.max_abs_diff:.2e} px (limit {args.atol:g} of the image side)")
     return 0

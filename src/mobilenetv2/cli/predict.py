@@ -30,6 +30,7 @@ class Args(RuntimeArgs):
 
 
 def run(args: Args) -> int:
+    from mobilenetv2.errors import UserError
     from mobilenetv2.predict import predict
     from mobilenetv2.segment import weights_task
 
@@ -39,6 +40,9 @@ def run(args: Args) -> int:
         raise UserError(f"{args.weights} is a segmentation model (Mobile DeepLabv3): predict "
                         f"names one class per image; for per-pixel classes run `mobilenetv2 "
                         f"segment IMAGE_OR_DIR --weights {args.weights}`")
+    if weights_task(args.weights) == "detect":
+        raise UserError(f"{args.weights} is an SSDLite detector: `mobilenetv2 detect` draws "
+                        "its boxes (predict classifies whole images)")
     model, session = model_and_session(args)
     if args.backend != "auto" or args.precision != "fp32":
         # stderr, so --json stays parseable: a bf16/int8 result is never taken for fp32

@@ -50,13 +50,13 @@ def run(args: Args) -> int:
         f"{cfg.num_classes} classes, padding {cfg.padding}, output stride "
         f"{cfg.output_stride}{', small_input' if cfg.small_input else ''}"
     )
-    header = f"{'layer':<20}{'op':<9}{'k':>2}{'s':>3}{'output':>16}{'params':>11}{'MAdds':>14}"
+    header = f"{'layer':<28}{'op':<9}{'k':>2}{'s':>3}{'output':>16}{'params':>11}{'MAdds':>14}"
     print(header + f"{'act KiB':>10}")
     print("-" * (len(header) + 10))
     for layer in prof.layers:
         c, h, w = layer.out_shape
         print(
-            f"{layer.name:<20}{layer.op:<9}{layer.kernel:>2}{layer.stride:>3}"
+            f"{layer.name:<28}{layer.op:<9}{layer.kernel:>2}{layer.stride:>3}"
             f"{f'{c}x{h}x{w}':>16}{layer.params:>11,}{layer.madds:>14,}"
             f"{layer.activation_bytes / 1024:>10,.0f}"
         )
@@ -65,4 +65,9 @@ def run(args: Args) -> int:
     print(f"weights excluding BatchNorm:   {prof.weights_excluding_bn:>14,}")
     print(f"multiply-adds:                 {prof.madds:>14,}")
     print(f"peak activation (in+out, fp32):{prof.peak_activation_bytes / 2**20:>12.2f} MiB")
+    if prof.anchors:  # SSDLite: TF's ssd_anchor_generator per prediction layer
+        print(f"\n{'anchors on':<20}{'grid':>8}{'per cell':>10}{'anchors':>10}")
+        for name, h, w, k in prof.anchors:
+            print(f"{name:<20}{f'{h}x{w}':>8}{k:>10}{h * w * k:>10,}")
+        print(f"{'total':<20}{'':>18}{prof.num_anchors:>10,}")
     return 0

@@ -61,6 +61,8 @@ def run(args: Args) -> int:
     model = load_weights(args.weights)
     if model.config.task == "segment":
         return _quantize_segmenter(args, model, out)
+    if model.config.task == "detect":
+        return _quantize_detector(args, model, out)
     if args.method == "ptq":
         result = quantize_ptq(model, out, args.calib, calib_images=args.calib_images,
                               eval_data=args.eval_data, eval_images=args.eval_images)
@@ -100,4 +102,21 @@ def _quantize_segmenter(args: Args, model: object, out: str) -> int:
           f"{r['calibration_images']} calibration images)")
     print(f"mIoU on {r['eval_images']} validation images: fp32 {r['miou']['fp32']:.2%}  "
           f"int8 {r['miou']['int8']:.2%}  (pixel agreement {r['pixel_agreement']:.2%})")
+    return 0
+
+
+def _quantize_detector(args: Args, model: object, out: str) -> int:
+    """SSDLite PTQ: fp32 and int8 ONNX, COCO mAP of PyTorch, fp32 and int8 on --calib's
+    validation split (calibrated on its training split)."""
+    from mobilenetv2.detect import quantize_detector
+    from mobilenetv2.errors import UserError
+
+    if args.method != "ptq":
+        raise UserError("QAT is for classifiers; a detector is quantized with --method ptq")
+    r = quantize_detector(model, args.calib, out, calibration_images=args.calib_images)
+    print(f"float model: {r['fp32_onnx']} (verified against PyTorch)")
+    print(f"int8 model:  {r['int8_onnx']} (QDQ, per-channel weights, {r['calibration']})")
+    for name, m in r["map"].items():
+        print(f"  {name:<10} COCO mAP {m:.1%}  AP50 {r['ap50'][name]:.1%}  "
+              f"({r['evaluated_on']})")
     return 0

@@ -27,11 +27,18 @@ def _segmenter(cfg: ModelConfig) -> nn.Module:
     return DeepLabV3(cfg)
 
 
+def _detector(cfg: ModelConfig) -> nn.Module:
+    from mobilenetv2.model.heads.ssdlite import SSDLite
+
+    return SSDLite(cfg)
+
+
 # task -> builder. Each builder returns a module with `.config` (the config it was built
 # from) and a declared `.meta` attribute (None until weights are loaded).
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "classify": _classifier,
     "segment": _segmenter,
+    "detect": _detector,
 }
 
 

@@ -15,6 +15,7 @@ __all__ = ["Metrics", "StepOut", "Task", "TaskData", "get_task"]
 _TASKS: dict[str, tuple[str, str]] = {
     "classify": ("mobilenetv2.tasks.classify", "ClassifyTask"),
     "segment": ("mobilenetv2.tasks.segment", "SegmentTask"),
+    "detect": ("mobilenetv2.tasks.detect", "DetectTask"),
 }
 
 

@@ -20,6 +20,16 @@ Precedence, lowest first: dataclass defaults, the recipe, a config file, command
   rate and a short cosine schedule; `--freeze` and `--freeze-bn` on request.
 - `deeplab-voc`, `segment-demo`: Mobile DeepLabv3 (paper section 6.3) on PASCAL VOC and on
   the bundled digits-on-photographs canvases; see the comments at their entries.
+- `ssdlite-coco`: SSDLite on COCO (paper section 6.2), torchvision's SSDLite320 recipe
+  (references/detection/README.md: `--epochs 660 --lr-scheduler cosineannealinglr --lr 0.15
+  --batch-size 24 --weight-decay 0.00004 --data-augmentation ssdlite`, 8 GPUs = global batch
+  192, SGD momentum 0.9), with TF's SSD augmentation (`ssd_random_crop`, flip, plus zoom-out
+  and photometric) and 320x320 inputs; lr scales linearly from 0.15 at 192 images.
+  Start the backbone from ImageNet weights with `--weights mobilenetv2_100`.
+- `detect-demo`: SSDLite width 0.5 at 128x128 on the digit canvases (`data.det_canvases`),
+  AdamW
+  + cosine, light augmentation (`preset small`: photometric only; the canvases already put
+  digits at every scale and position) (`make demo-detect`).
 - `digits`: the bundled main job: width 0.5, small-input network at 32x32, SGD + cosine,
   label smoothing, a short EMA; about a minute on two CPU cores for >= 97% test accuracy.
 """
@@ -85,6 +95,31 @@ RECIPES: dict[str, Recipe] = {
         train={"optimizer": "sgd", "lr": 0.01, "lr_batch": 64, "schedule": "cosine",
                "warmup_epochs": 0, "weight_decay": 1e-5, "label_smoothing": 0.1,
                "ema_decay": 0.0, "epochs": 10},
+    ),
+    "ssdlite-coco": Recipe(
+        model={"task": "detect", "resolution": 320, "num_classes": 81, "bn_eps": 1e-3,
+               "bn_momentum": 0.03},
+        data={"batch_size": 24, "hflip": True},
+        train={"optimizer": "sgd", "lr": 0.15, "lr_batch": 192, "schedule": "cosine",
+               "warmup_epochs": 1, "warmup_start": 0.001, "momentum": 0.9,
+               "weight_decay": 4e-5, "label_smoothing": 0.0, "epochs": 660},
+    ),
+    "detect-demo": Recipe(
+        # BN momentum 0.1, not SSDLite's 0.03: in a 124-step run at lr 3e-3 the 0.03 running
+        # statistics lagged the weights so far that the eval-mode network gave every image
+        # the same output (feature std across images 0.01 vs 0.41 after re-estimating BN).
+        model={"task": "detect", "width": 0.5, "resolution": 128, "num_classes": 11,
+               "bn_eps": 1e-3, "bn_momentum": 0.1},
+        data={"data": "canvases", "batch_size": 16, "hflip": False, "num_workers": 1,
+              "preset": "small"},
+        # amp off: under CPU bf16 autocast, depthwise taps that only ever see padding (the
+        # 1x1 maps of the last extra layers at 128x128) received NaN gradients (measured:
+        # 2 NaN taps in extras.3.1 after 124 steps; the forward stays finite, loading fails).
+        train={"optimizer": "adamw", "lr": 3e-3, "lr_batch": 16, "schedule": "cosine",
+               "amp": "off",
+               "warmup_epochs": 0.25, "weight_decay": 1e-4, "label_smoothing": 0.0,
+               "epochs": 16},
+        global_batch=16,
     ),
     # The digits recipe keeps its global batch of 64 under torchrun: its 1,438 images give
     # only 11 steps per epoch at a global 128, and the linearly scaled lr 0.2 with one
@@ -180,10 +215,11 @@ def make_config(
         # a missing file is reported once, where the model is built (`train.finetune`).
         wcfg = _weights_config(weights).to_dict()
         if preset.model.get("task", wcfg["task"]) != wcfg["task"]:
-            # Classification weights starting a segmenter: the task's options come from the
-            # recipe, the backbone's architecture from the weights (tasks/segment.py).
+            # Another task's weights as this network's backbone (classification weights
+            # starting a segmenter or a detector): the task's options come from the recipe,
+            # the backbone's architecture from the weights (tasks/segment.py, tasks/detect.py).
             base = {**base, **{k: wcfg[k] for k in ("width", "round_nearest", "padding",
-                                                     "bn_eps", "bn_momentum")}}
+                                                     "bn_eps")}}
         else:
             base = {**wcfg, "dropout": base.get("dropout", 0.2)}
             del base["num_classes"]  # the new head gets the data's classes

@@ -20,7 +20,8 @@ EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", 
 
 
 _NAMES = {"val_top1": "top-1", "val_top5": "top-5", "val_miou": "mIoU",
-          "val_pixel_acc": "pixel acc"}
+          "val_pixel_acc": "pixel acc", "val_map": "mAP", "val_ap50": "AP50",
+          "val_ap75": "AP75"}
 
 
 def _val_keys(record: dict[str, Any]) -> list[str]:
@@ -91,6 +92,16 @@ class RunLog:
             self.writer.close()
 
 
+def _val_keys(epochs: list[dict[str, Any]]) -> list[str]:
+    """The task's validation figures of each epoch record (val_top1, val_top5 / val_map ...),
+    in their order: every task's `Metrics.record()` besides the loss."""
+    return [k for k in (epochs[0] if epochs else {}) if k.startswith("val_") and k != "val_loss"]
+
+
+def _val_label(key: str) -> str:
+    return {"val_top1": "val top-1", "val_top5": "val top-5"}.get(key, key.replace("_", " "))
+
+
 def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Loss, accuracy and learning rate per epoch, in three panels."""
     import matplotlib
@@ -138,7 +149,7 @@ def write_report(path: str | os.PathLike, *, config: dict[str, Any], summary: di
             f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_acc']:.2%} | "
             f"{r['val_loss']:.4f} | " + "".join(f"{r.get(k, float('nan')):.2%} | " for k in keys)
             + f"{r['lr']:.3g} | {r['img_s']:.0f} |")
-    what = "IoU" if "val_miou" in keys else "accuracy"
+    what = "IoU" if "val_miou" in keys else "AP" if "val_map" in keys else "accuracy"
     lines += ["", f"## Per-class {what} (final model)", "", f"| class | {what} |", "|---|---|"]
     lines += [f"| {k} | {v:.2%} |" for k, v in per_class.items()]
     lines += ["", f"## Skipped files ({len(skipped)})", ""]
