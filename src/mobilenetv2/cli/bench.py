@@ -46,18 +46,15 @@ def run(args: Args) -> int:
     from mobilenetv2.benchmark import BenchmarkConfig, format_markdown, run_benchmark
     from mobilenetv2.errors import UserError
 
-    if args.weights and weights_task(args.weights) == "detect":
-        raise UserError("bench times classifier variants and backends; for a detector, "
-                        "`mobilenetv2 profile --task detect` gives its exact MAdds, and its "
-                        "ONNX export (`mobilenetv2 export`) runs on ONNX Runtime")
-
     if args.weights is not None:
         from mobilenetv2.segment import weights_task
 
         task = weights_task(args.weights)
+        if task == "detect":
+            raise UserError("bench times classifier variants and backends; for a detector, "
+                            "`mobilenetv2 profile --task detect` gives its exact MAdds, and "
+                            "its ONNX export (`mobilenetv2 export`) runs on ONNX Runtime")
         if task != "classify":
-            from mobilenetv2.errors import UserError
-
             raise UserError(f"{args.weights} is a {task} model: bench compares classifiers "
                             "against torchvision's; `mobilenetv2 profile --variant "
                             "deeplabv3_mobilenetv2_100` gives a segmenter's arithmetic and "
