@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -92,16 +93,6 @@ class RunLog:
             self.writer.close()
 
 
-def _val_keys(epochs: list[dict[str, Any]]) -> list[str]:
-    """The task's validation figures of each epoch record (val_top1, val_top5 / val_map ...),
-    in their order: every task's `Metrics.record()` besides the loss."""
-    return [k for k in (epochs[0] if epochs else {}) if k.startswith("val_") and k != "val_loss"]
-
-
-def _val_label(key: str) -> str:
-    return {"val_top1": "val top-1", "val_top5": "val top-5"}.get(key, key.replace("_", " "))
-
-
 def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Loss, accuracy and learning rate per epoch, in three panels."""
     import matplotlib
@@ -115,7 +106,8 @@ def plot_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     axes[0].plot(x, [r["val_loss"] for r in epochs], "s-", label="validation")
     axes[0].set_title("loss (log scale)")
     axes[0].set_yscale("log")  # early validation losses of an untrained BN dwarf the rest
-    axes[1].plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
+    if not all(math.isnan(r["train_acc"]) for r in epochs):  # detection has none
+        axes[1].plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
     head = _val_keys(epochs[-1])[:1] if epochs else []
     for k in head:  # the task's headline metric: top-1, mIoU, mAP
         axes[1].plot(x, [100 * r.get(k, float("nan")) for r in epochs], "s-",
