@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,29 @@ def checked_calibration(precision: str, calibration: Any) -> np.ndarray | None:
     if hasattr(calibration, "detach"):
         calibration = calibration.detach().float().numpy()
     return np.ascontiguousarray(calibration, dtype=np.float32)
+
+
+def write_verified(path: str | Any, content: bytes, fmt: str, precision: str, suffix: str,
+                   verify: Callable[[Path], ExportResult] | None) -> ExportResult:
+    """Write a phone export's bytes atomically, verified in its own runtime under the
+    temporary name first: a failed check leaves no file, and its message names `path`."""
+    from mobilenetv2._files import atomic_write
+
+    path = Path(path)
+    results: list[ExportResult] = []
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(content)
+        if verify is not None:
+            try:
+                results.append(verify(tmp))
+            except UserError as e:
+                raise UserError(str(e).replace(str(tmp), str(path))) from e
+
+    atomic_write(path, write, suffix=suffix)  # the runtimes know a file by its suffix
+    result = results[0] if results else ExportResult(path, None, fmt)
+    result.path, result.format = path, f"{fmt} {precision}"
+    return result
 
 
 @contextlib.contextmanager

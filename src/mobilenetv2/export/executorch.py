@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenetv2._files import atomic_write
 from mobilenetv2._optional import require
 from mobilenetv2.errors import UserError
 from mobilenetv2.export.common import (
@@ -41,6 +40,7 @@ from mobilenetv2.export.common import (
     example_size,
     one_thread,
     phone_metadata,
+    write_verified,
 )
 
 __all__ = ["export_executorch", "pte_bytes"]
@@ -66,21 +66,8 @@ def export_executorch(
     size = example_size(model, input_size)
     data = checked_calibration(precision, calibration)
     content = pte_bytes(model, size, precision, data)
-    path = Path(path)
-    results: list[ExportResult] = []
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(content)
-        if verify:
-            try:
-                results.append(_verify(model, tmp, precision, size, data, atol))
-            except UserError as e:
-                raise UserError(str(e).replace(str(tmp), str(path))) from e
-
-    atomic_write(path, write, suffix=".pte")
-    result = results[0] if results else ExportResult(path, None, "executorch")
-    result.path, result.format = path, f"executorch {precision}"
-    return result
+    check = (lambda tmp: _verify(model, tmp, precision, size, data, atol)) if verify else None
+    return write_verified(path, content, "executorch", precision, ".pte", check)
 
 
 def pte_bytes(model: nn.Module, size: int, precision: str = "fp32",
