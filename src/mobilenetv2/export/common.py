@@ -16,8 +16,8 @@ from torch import nn
 from mobilenetv2.errors import UserError
 
 __all__ = ["DEFAULT_ATOL", "ExportResult", "capture_graph", "check_agreement",
-           "checked_calibration", "example_size", "export_metadata", "one_thread",
-           "phone_metadata"]
+           "checked_calibration", "detector_anchors", "example_size", "export_metadata",
+           "is_detector", "one_thread", "phone_metadata", "verify_fp32"]
 
 # Largest accepted max abs difference of the logits between an export and PyTorch.
 DEFAULT_ATOL = 1e-4
@@ -157,3 +157,55 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+def is_detector(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "task", None) == "detect"
+
+
+def detector_anchors(model: nn.Module, size: int) -> np.ndarray:
+    """A detector's anchors (A, 4) at input side `size`: normalised (ymin, xmin, ymax, xmax)
+    in the order of the box codes' rows, what `ssd_post.postprocess` decodes against."""
+    return model.anchors(size, size).detach().float().numpy()
+
+
+def verify_fp32(model: nn.Module, run: Callable[[np.ndarray], Any], size: int, atol: float,
+                path: Path, fmt: str, runtime: str) -> ExportResult:
+    """An fp32 phone file against PyTorch on random inputs (batch 3): every output (logits:
+    classifier (N, C), segmenter (N, C, H, W); detector: box codes and class logits) within
+    `atol`, else UserError. A detector's boxes after the shared post-processing
+    (`ssd_post.postprocess`, on the file's outputs and the anchors it carries) must also
+    equal PyTorch's in number and labels and agree to `atol` of the image side."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, size, size, generator=gen).numpy()
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(x))
+    refs = [r.float().numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
+    got = run(x)
+    gots = list(got) if isinstance(got, tuple) else [got]
+    if len(gots) != len(refs):
+        raise UserError(f"{path}: {len(gots)} outputs, PyTorch has {len(refs)}")
+    for g, r in zip(gots, refs):
+        if not np.isfinite(g).all():
+            raise UserError(f"{path}: the exported model computes non-finite outputs")
+        if g.shape != r.shape:
+            raise UserError(f"{path}: {runtime} output shape {g.shape}, PyTorch's {r.shape}")
+    diff = max(float(np.abs(g - r).max()) for g, r in zip(gots, refs))
+    if diff > atol:
+        raise UserError(f"{path}: {runtime} output differs from PyTorch by {diff:.3g} (more "
+                        f"than {atol:g}); the export is wrong")
+    if is_detector(model):
+        from mobilenetv2.export.onnx_detect import _boxes_diff
+        from mobilenetv2.model.heads.ssd_post import postprocess
+
+        anchors = torch.from_numpy(detector_anchors(model, size))
+        boxes_ref = postprocess(*(torch.from_numpy(r) for r in refs), anchors, (size, size))
+        boxes = postprocess(*(torch.from_numpy(g) for g in gots), anchors, (size, size))
+        box_diff = _boxes_diff(boxes_ref, boxes)
+        if box_diff / size > atol:
+            raise UserError(f"{path}: {runtime}'s detections differ from PyTorch's by "
+                            f"{box_diff:.3g} pixels after post-processing (more than {atol:g} "
+                            f"of the {size}-pixel side); the export is wrong")
+    return ExportResult(path, diff, fmt)

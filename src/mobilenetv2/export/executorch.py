@@ -37,9 +37,12 @@ from mobilenetv2.export.common import (
     capture_graph,
     check_agreement,
     checked_calibration,
+    detector_anchors,
     example_size,
+    is_detector,
     one_thread,
     phone_metadata,
+    verify_fp32,
     write_verified,
 )
 
@@ -63,6 +66,9 @@ def export_executorch(
 
     if precision not in ("fp32", "int8"):
         raise UserError(f"--precision {precision}: the executorch export writes fp32 or int8")
+    if precision == "int8" and is_detector(model):
+        raise UserError("a detector exports to executorch in fp32 only (--precision fp32): "
+                        "its int8 check (top-1 agreement) is a classifier's")
     size = example_size(model, input_size)
     data = checked_calibration(precision, calibration)
     content = pte_bytes(model, size, precision, data)
@@ -87,16 +93,28 @@ def pte_bytes(model: nn.Module, size: int, precision: str = "fp32",
         warnings.simplefilter("ignore")  # ExecuTorch's and torchao's deprecation notices
         ep = torch.export.export(gm, example)
         pre = meta_or_default(model).preprocessing
-        doc = phone_metadata(model, precision, "executorch", {
-            "input": {"shape": [1, 3, size, size], "layout": "NCHW", "dtype": "float32"},
-            "output": {"layout": "NC", "dtype": "float32"}})
+        io: dict = {"input": {"shape": [1, 3, size, size], "layout": "NCHW",
+                              "dtype": "float32"}}
+        constants = {}
+        if is_detector(model):
+            # SSDLite: decoding and NMS stay outside the program (as in its ONNX export);
+            # the anchors they need are a constant method (A, 4), normalised (ymin, xmin,
+            # ymax, xmax), one row per output row (`ssd_post.postprocess` decodes them).
+            io["outputs"] = {"box_codes": {"layout": "NAK", "dtype": "float32"},
+                             "class_logits": {"layout": "NAK", "dtype": "float32"}}
+            io["anchors"] = {"method": "anchors", "format": "ymin, xmin, ymax, xmax"}
+            constants["anchors"] = torch.from_numpy(detector_anchors(model, size))
+        else:
+            seg = getattr(model.config, "task", None) == "segment"
+            io["output"] = {"layout": "NCHW" if seg else "NC", "dtype": "float32"}
+        doc = phone_metadata(model, precision, "executorch", io)
         raw = json.dumps(doc).encode()
-        constants = {
+        constants.update({
             "mobilenetv2_metadata": torch.tensor(list(raw), dtype=torch.uint8),
             "input_size": int(size),
             "mean": torch.tensor(pre.mean, dtype=torch.float32),
             "std": torch.tensor(pre.std, dtype=torch.float32),
-        }
+        })
         program = to_edge_transform_and_lower(
             ep, partitioner=[XnnpackPartitioner()], constant_methods=constants
         ).to_executorch()
@@ -133,17 +151,6 @@ def _verify(model: nn.Module, path: Path, precision: str, size: int,
 
     run = executorch_runner(path, precision, None)
     if precision == "fp32":
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(3, 3, size, size, generator=gen).numpy()
-        with torch.inference_mode():
-            ref = model.eval()(torch.from_numpy(x)).float().numpy()
-        got = run(x)
-        if not np.isfinite(got).all():
-            raise UserError(f"{path}: the exported program computes non-finite outputs")
-        diff = float(np.abs(got - ref).max())
-        if diff > atol:
-            raise UserError(f"{path}: ExecuTorch output differs from PyTorch by {diff:.3g} "
-                            f"(more than {atol:g}); the export is wrong")
-        return ExportResult(path, diff, "executorch")
+        return verify_fp32(model, run, size, atol, path, "executorch", "ExecuTorch")
     assert calibration is not None
     return check_agreement(model, run, calibration, path, "executorch")

@@ -42,9 +42,12 @@ from mobilenetv2.export.common import (
     capture_graph,
     check_agreement,
     checked_calibration,
+    detector_anchors,
     example_size,
+    is_detector,
     one_thread,
     phone_metadata,
+    verify_fp32,
     write_verified,
 )
 from mobilenetv2.export.tflite_lower import LOWERINGS, Lowering, QParams, activation_qparams
@@ -81,6 +84,9 @@ def export_tflite(
     """
     if precision not in ("fp32", "int8"):
         raise UserError(f"--precision {precision}: the tflite export writes fp32 or int8")
+    if precision == "int8" and is_detector(model):
+        raise UserError("a detector exports to tflite in fp32 only (--precision fp32): int8 "
+                        "concatenation of its heads is not supported yet")
     size = example_size(model, input_size)
     data = checked_calibration(precision, calibration)
     content = tflite_bytes(model, size, precision, data)
@@ -119,14 +125,40 @@ def tflite_bytes(model: nn.Module, size: int, precision: str = "fp32",
     outs = out_node.args[0]
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
     b.outputs = [lowering.values[o].index for o in outs]
-    b.tensors[b.outputs[0]].name = "logits"
     b.tensors[b.inputs[0]].name = "input"
     b.description = "MobileNetV2 (Sandler et al., CVPR 2018) exported by mobilenetv2"
-    io = {"input": _io_desc(b.tensors[b.inputs[0]], "NHWC"),
-          "output": _io_desc(b.tensors[b.outputs[0]], "NC")}
+    io: dict[str, Any] = {"input": _io_desc(b.tensors[b.inputs[0]], "NHWC")}
+    if is_detector(model):
+        # SSDLite: decoding and NMS stay outside the file, as in its ONNX export; the
+        # anchors they need go into the metadata (they depend on the fixed input size).
+        names, layouts = ("box_codes", "class_logits"), ("NAK", "NAK")
+        io["anchors"] = _anchors_doc(model, size)
+    else:
+        names = ("logits",)
+        layouts = ("NHWC",) if len(lowering.values[outs[0]].shape) == 4 else ("NC",)
+    if len(outs) != len(names):
+        raise UserError(f"TFLite export: the network returns {len(outs)} outputs, expected "
+                        f"{len(names)} ({', '.join(names)})")
+    for idx, name in zip(b.outputs, names):
+        b.tensors[idx].name = name
+    descs = [_io_desc(b.tensors[i], lay) for i, lay in zip(b.outputs, layouts)]
+    if len(descs) == 1:
+        io["output"] = descs[0]
+    else:
+        io["outputs"] = dict(zip(names, descs))
     doc = phone_metadata(model, precision, "tflite", io)
     b.metadata[METADATA_NAME] = json.dumps(doc).encode()
     return b.build()
+
+
+def _anchors_doc(model: nn.Module, size: int) -> dict[str, Any]:
+    """The anchors as metadata: float32 values written as their exact float64 equivalents,
+    so a reader gets back the very anchors PyTorch decodes against."""
+    a = detector_anchors(model, size)
+    return {"format": "ymin, xmin, ymax, xmax, normalised to the input side; one row per "
+                      "box_codes / class_logits row; decode and NMS as "
+                      "mobilenetv2.model.heads.ssd_post.postprocess",
+            "shape": list(a.shape), "values": [float(v) for v in a.ravel()]}
 
 
 def _io_desc(spec: TensorSpec, layout: str) -> dict[str, Any]:
@@ -181,17 +213,6 @@ def _verify(model: nn.Module, path: Path, precision: str, size: int,
 
     run = litert_runner(path, precision, None)
     if precision == "fp32":
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(3, 3, size, size, generator=gen).numpy()
-        with torch.inference_mode():
-            ref = model.eval()(torch.from_numpy(x)).float().numpy()
-        got = run(x)
-        if not np.isfinite(got).all():
-            raise UserError(f"{path}: the exported model computes non-finite outputs")
-        diff = float(np.abs(got - ref).max())
-        if diff > atol:
-            raise UserError(f"{path}: LiteRT output differs from PyTorch by {diff:.3g} (more "
-                            f"than {atol:g}); the export is wrong")
-        return ExportResult(path, diff, "tflite")
+        return verify_fp32(model, run, size, atol, path, "tflite", "LiteRT")
     assert calibration is not None
     return check_agreement(model, run, calibration, path, "tflite")

@@ -71,6 +71,9 @@ class Value:
     index: int
     shape: tuple[int, ...]  # PyTorch's (NCHW) shape
     q: QParams | None = None
+    # A 4-D value is NHWC in the file; False after `permute(0, 2, 3, 1)`, whose PyTorch
+    # shape already is the file's (the detector's heads), so later ops see it unchanged.
+    nhwc: bool = True
 
 
 @dataclass
@@ -101,14 +104,15 @@ class Lowering:
             raise UserError(f"TFLite export: no calibration range for {node.name}")
         return activation_qparams(*self.ranges[node.name])
 
-    def new_tensor(self, node: Any, shape: tuple[int, ...], q: QParams | None) -> Value:
-        """An activation tensor for `node` (NHWC in the file when 4-D)."""
-        file_shape = _nhwc(shape)
+    def new_tensor(self, node: Any, shape: tuple[int, ...], q: QParams | None,
+                   nhwc: bool = True) -> Value:
+        """An activation tensor for `node` (NHWC in the file when 4-D and `nhwc`)."""
+        file_shape = _nhwc(shape) if nhwc else tuple(shape)
         spec = TensorSpec(node.name, file_shape, np.dtype(np.int8 if q else np.float32),
                           dynamic_batch=True)
         if q is not None:
             spec.scale, spec.zero_point = np.array([q.scale]), np.array([q.zero_point])
-        v = Value(self.builder.tensor(spec), tuple(shape), q)
+        v = Value(self.builder.tensor(spec), tuple(shape), q, nhwc)
         self.values[node] = v
         return v
 
@@ -325,17 +329,21 @@ def _mean(L: Lowering, node: Any) -> None:
 
 
 def _flatten(L: Lowering, node: Any) -> None:
-    """(N, C, 1, 1) -> (N, C): a RESHAPE (NHWC and NCHW orders agree when H = W = 1)."""
+    """flatten / view / reshape: a RESHAPE, when the file's element order is PyTorch's:
+    (N, C, 1, 1) -> (N, C) (NHWC and NCHW agree when H = W = 1), or a value whose file
+    layout is PyTorch's (not 4-D, or after `permute(0, 2, 3, 1)`). The batch stays -1, so
+    the interpreter can resize it."""
     import tflite as t
 
     x = L.values[node.args[0]]
     out_shape = L.shape(node)
-    if len(x.shape) == 4 and x.shape[2] * x.shape[3] != 1:
+    if len(x.shape) == 4 and x.nhwc and x.shape[2] * x.shape[3] != 1:
         raise UserError(f"TFLite export: {node.name}: flattening a {x.shape[2]}x"
                         f"{x.shape[3]} feature map (NHWC order differs from PyTorch's)")
-    if len(out_shape) != 2:
-        raise UserError(f"TFLite export: {node.name}: reshape to {out_shape}")
-    new_shape = L.builder.const(f"{node.name}/shape", np.array([-1, out_shape[1]], np.int32))
+    if len(out_shape) == 4:
+        raise UserError(f"TFLite export: {node.name}: reshape to the 4-D {out_shape}")
+    new_shape = L.builder.const(f"{node.name}/shape",
+                                np.array([-1, *out_shape[1:]], np.int32))
     spec = TensorSpec(node.name, out_shape, np.dtype(np.int8 if x.q else np.float32),
                       dynamic_batch=True)
     if x.q is not None:  # the spec: RESHAPE keeps its input's parameters
@@ -343,6 +351,101 @@ def _flatten(L: Lowering, node: Any) -> None:
     y = Value(L.builder.tensor(spec), out_shape, x.q)
     L.values[node] = y
     L.builder.op(t.BuiltinOperator.RESHAPE, [x.index, new_shape], [y.index])
+
+
+def _permute(L: Lowering, node: Any) -> None:
+    """NCHW -> NHWC (`permute(0, 2, 3, 1)`, the detector's heads): the file's tensor already
+    is NHWC, so no op; the value is relabelled with PyTorch's new shape."""
+    x = L.values[node.args[0]]
+    dims = [int(d) % 4 for d in node.args[1]]
+    if len(x.shape) != 4 or not x.nhwc or dims != [0, 2, 3, 1]:
+        raise UserError(f"TFLite export: {node.name}: permute {dims} (only NCHW -> NHWC, "
+                        f"(0, 2, 3, 1), of a feature map)")
+    L.values[node] = Value(x.index, L.shape(node), x.q, nhwc=False)
+
+
+def _cat(L: Lowering, node: Any) -> None:
+    """CONCATENATION; PyTorch's channel axis 1 of a feature map is the file's axis 3."""
+    import tflite as t
+
+    xs = [L.values[n] for n in node.args[0]]
+    dim = int(node.args[1]) if len(node.args) > 1 else 0
+    out_shape = L.shape(node)
+    dim %= len(out_shape)
+    layouts = {x.nhwc and len(x.shape) == 4 for x in xs}
+    if len(layouts) != 1:
+        raise UserError(f"TFLite export: {node.name}: concatenating tensors of different "
+                        f"file layouts")
+    nhwc = layouts.pop()
+    axis = (0, 3, 1, 2)[dim] if nhwc else dim
+    if dim == 0:
+        raise UserError(f"TFLite export: {node.name}: concatenation along the batch")
+    if L.int8:
+        # The spec needs every input at the output's scale and zero point (the producers'
+        # parameters would have to be tied to it); not done yet.
+        raise UserError(f"TFLite export: {node.name}: int8 concatenation is not supported; "
+                        f"export this model with --precision fp32")
+    y = L.new_tensor(node, out_shape, None, nhwc=nhwc)
+
+    def options(b: Any) -> int:
+        t.ConcatenationOptionsStart(b)
+        t.ConcatenationOptionsAddAxis(b, axis)
+        t.ConcatenationOptionsAddFusedActivationFunction(b, 0)
+        return t.ConcatenationOptionsEnd(b)
+
+    L.builder.op(t.BuiltinOperator.CONCATENATION, [x.index for x in xs], [y.index],
+                 options=options, options_type=t.BuiltinOptions.ConcatenationOptions)
+
+
+def _expand(L: Lowering, node: Any) -> None:
+    """Expanding a 1x1 map to H x W (DeepLab's image pooling) as RESIZE_NEAREST_NEIGHBOR:
+    every output pixel reads the one input pixel, so it is exact, keeps the quantization
+    parameters, and leaves the batch free (BROADCAST_TO would fix it in its shape)."""
+    x = L.values[node.args[0]]
+    out_shape = L.shape(node)
+    if len(x.shape) != 4 or not x.nhwc or x.shape[2:] != (1, 1) or \
+            tuple(out_shape[:2]) != tuple(x.shape[:2]):
+        raise UserError(f"TFLite export: {node.name}: expand of {x.shape} to {out_shape} "
+                        f"(only a 1x1 feature map to H x W)")
+    _resize(L, node, x, out_shape, bilinear=False, align_corners=False)
+
+
+def _upsample(L: Lowering, node: Any) -> None:
+    """`F.interpolate(bilinear)` -> RESIZE_BILINEAR; TFLite's align_corners=True uses
+    PyTorch's (in - 1) / (out - 1) scale, and half_pixel_centers is align_corners=False's."""
+    x = L.values[node.args[0]]
+    align = bool(node.args[2]) if len(node.args) > 2 else False
+    if len(node.args) > 3 and node.args[3] is not None:
+        raise UserError(f"TFLite export: {node.name}: resize by scale factors (only to a "
+                        f"fixed size)")
+    _resize(L, node, x, L.shape(node), bilinear=True, align_corners=align)
+
+
+def _resize(L: Lowering, node: Any, x: Value, out_shape: tuple[int, ...], *,
+            bilinear: bool, align_corners: bool) -> None:
+    import tflite as t
+
+    size = L.builder.const(f"{node.name}/size", np.array(out_shape[2:], np.int32))
+    y = L.new_tensor(node, out_shape, x.q)  # the spec: RESIZE keeps its input's parameters
+    if bilinear:
+        def options(b: Any) -> int:
+            t.ResizeBilinearOptionsStart(b)
+            t.ResizeBilinearOptionsAddAlignCorners(b, align_corners)
+            t.ResizeBilinearOptionsAddHalfPixelCenters(b, not align_corners)
+            return t.ResizeBilinearOptionsEnd(b)
+
+        L.builder.op(t.BuiltinOperator.RESIZE_BILINEAR, [x.index, size], [y.index],
+                     version=3 if (L.int8 or not align_corners) else 1, options=options,
+                     options_type=t.BuiltinOptions.ResizeBilinearOptions)
+    else:
+        def options(b: Any) -> int:
+            t.ResizeNearestNeighborOptionsStart(b)
+            t.ResizeNearestNeighborOptionsAddAlignCorners(b, False)
+            return t.ResizeNearestNeighborOptionsEnd(b)
+
+        L.builder.op(t.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, [x.index, size], [y.index],
+                     version=2 if L.int8 else 1, options=options,
+                     options_type=t.BuiltinOptions.ResizeNearestNeighborOptions)
 
 
 def _identity(L: Lowering, node: Any) -> None:
@@ -406,4 +509,10 @@ LOWERINGS: dict[Any, Callable[[Lowering, Any], None]] = {
     aten.hardtanh_.default: _activation,
     aten.relu.default: _activation,
     aten.relu_.default: _activation,
+    # segmentation (DeepLab) and detection (SSDLite) heads
+    aten.expand.default: _expand,
+    aten.cat.default: _cat,
+    aten.upsample_bilinear2d.vec: _upsample,
+    aten.upsample_bilinear2d.default: _upsample,
+    aten.permute.default: _permute,
 }

@@ -4,8 +4,9 @@ their XNNPACK CPU backends, and what our phone files say about themselves.
 A runner takes float32 NCHW (what every backend of `runtime.backends` takes) and returns
 float32 logits: NCHW -> NHWC for LiteRT, int8 input quantized with the file's own input
 parameters and the int8 output dequantized with its output parameters (an app does the
-same). ExecuTorch programs are lowered at batch 1 (a phone classifies one camera frame at a
-time), so a batch runs image by image.
+same). A file with several outputs (a detector's box codes and class logits) gives a
+tuple of them, in the file's order. ExecuTorch programs are lowered at batch 1 (a phone
+classifies one camera frame at a time), so a batch runs image by image.
 
 `phone_metadata(path)` is the JSON document our exports write: the `mobilenetv2` metadata
 entry of a `.tflite` file, the `mobilenetv2_metadata` constant method of a `.pte` program.
@@ -46,9 +47,8 @@ def litert_interpreter(path: str | os.PathLike, threads: int | None = None) -> A
 def litert_runner(path: str | os.PathLike, precision: str, threads: int | None) -> Runner:
     interp = litert_interpreter(path, threads)
     inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
+    outs = interp.get_output_details()
     in_scale, in_zp = inp["quantization"]
-    out_scale, out_zp = out["quantization"]
     in_dtype = inp["dtype"]
     current: list[tuple[int, ...]] = [tuple(inp["shape"])]
     interp.allocate_tensors()
@@ -64,14 +64,20 @@ def litert_runner(path: str | os.PathLike, precision: str, threads: int | None) 
             x = np.clip(np.round(x / in_scale) + in_zp, info.min, info.max).astype(in_dtype)
         interp.set_tensor(inp["index"], x)
         interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if np.issubdtype(y.dtype, np.integer):
-            y = (y.astype(np.float32) - out_zp) * np.float32(out_scale)
-        if y.ndim == 4:  # a dense head's map (segmentation): back to PyTorch's NCHW
-            y = y.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(y, dtype=np.float32)
+        ys = [_litert_output(interp, out) for out in outs]
+        return ys[0] if len(ys) == 1 else tuple(ys)
 
     return run
+
+
+def _litert_output(interp: Any, out: dict[str, Any]) -> np.ndarray:
+    y = interp.get_tensor(out["index"])
+    if np.issubdtype(y.dtype, np.integer):
+        scale, zp = out["quantization"]
+        y = (y.astype(np.float32) - zp) * np.float32(scale)
+    if y.ndim == 4:  # a dense head's map (segmentation): back to PyTorch's NCHW
+        y = y.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def executorch_runner(path: str | os.PathLike, precision: str, threads: int | None) -> Runner:
@@ -88,11 +94,12 @@ def executorch_runner(path: str | os.PathLike, precision: str, threads: int | No
     method = program.load_method("forward")
 
     def run(x: np.ndarray) -> np.ndarray:
-        outs = []
+        per_image = []
         for i in range(len(x)):
             t = torch.from_numpy(np.ascontiguousarray(x[i:i + 1]))
-            outs.append(method.execute([t])[0].float().numpy())
-        return np.concatenate(outs)
+            per_image.append([o.float().numpy() for o in method.execute([t])])
+        ys = [np.concatenate(o) for o in zip(*per_image)]
+        return ys[0] if len(ys) == 1 else tuple(ys)
 
     return run
 
