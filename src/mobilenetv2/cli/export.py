@@ -59,10 +59,11 @@ def run(args: Args) -> int:
     check_output(args.out, [args.weights], SUFFIXES[args.format], f"the {args.format} export")
     apply_threads(args.threads)
     model = load_weights(args.weights)
+    if args.format in ("tflite", "executorch"):
+        # every task: a detector's file holds the network, its anchors ride in the metadata
+        return _phone(args, model)
     if model.config.task == "detect":
         return _export_detector(args, model)
-    if args.format in ("tflite", "executorch"):
-        return _phone(args, model)
     if args.precision != "fp32":
         raise UserError(f"--precision {args.precision} is for tflite and executorch; an int8 "
                         f"ONNX model comes from `mobilenetv2 quantize`")
@@ -107,8 +108,8 @@ def _export_detector(args: Args, model: object) -> int:
     from mobilenetv2.export.onnx_detect import export_detector_onnx
 
     if args.format != "onnx" or args.dynamic_hw or args.exporter != "torchscript":
-        raise UserError("a detector exports to ONNX only (--format onnx, the default "
-                        "exporter), at a fixed input size: its anchors depend on it")
+        raise UserError("a detector exports to onnx (the default exporter), tflite or "
+                        "executorch, at a fixed input size: its anchors depend on it")
     result = export_detector_onnx(model, args.out, input_size=args.input_size,
                                   opset=args.opset, atol=args.atol)
     print(f"wrote {result.path} (onnx: outputs box_codes, class_logits, anchors); verified: "
