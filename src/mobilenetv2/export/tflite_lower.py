@@ -2,9 +2,11 @@
 
 The graph is ATen (`torch.export.export(...).module()`): `conv2d`, `hardtanh` (ReLU6),
 `add`, `pad` (tf_same's `SamePad2d`), `adaptive_avg_pool2d` / `mean`, `flatten`, `dropout`
-(eval: identity), `linear`. `LOWERINGS` maps each ATen target to a function that emits the
-TFLite operators for it; a segmentation or detection head plugs in by adding rows (resize,
-concatenation, ...), nothing else changes. Anything without a row fails naming the op.
+(eval: identity), `linear`; for the DeepLab and SSDLite heads `expand` (1x1 -> H x W),
+`cat`, `upsample_bilinear2d`, `relu` and `permute(0, 2, 3, 1)` + `reshape`. `LOWERINGS` maps
+each ATen target to a function that emits the TFLite operators for it. Anything without a
+row fails naming the op. int8 concatenation is refused (its inputs would need the output's
+parameters), so the two heads export in fp32.
 
 Layout: PyTorch is NCHW, TFLite NHWC (its convolutions, pooling and XNNPACK all assume
 it), so image tensors are NHWC in the file, conv weights OHWI and depthwise weights 1HWC
