@@ -19,7 +19,6 @@ from torch import nn
 from deploy_helpers import one_thread
 from mobilenetv2 import create_model
 from mobilenetv2.cli import main
-from mobilenetv2.errors import UserError
 from mobilenetv2.model.heads.ssd_post import postprocess
 
 SEG_SIZE, DET_SIZE = 65, 96
@@ -144,16 +143,46 @@ def test_segmenter_executorch_fp32_logits_and_argmax(segmenter, tmp_path) -> Non
     assert np.array_equal(got.argmax(1), ref.argmax(1))
 
 
-def test_segmenter_tflite_int8_refused_clearly(segmenter, tmp_path) -> None:
-    """int8 CONCATENATION needs its inputs tied to the output's parameters, not done yet:
-    the export says so instead of writing a wrong file."""
+def _pixels(model: nn.Module, size: int, n: int, seed: int) -> np.ndarray:
+    """Random [0, 1] images normalised as the weights say: inside the int8 input's range."""
+    from mobilenetv2.weights.format import meta_or_default
+
+    pre = meta_or_default(model).preprocessing
+    x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    mean, std = torch.tensor(pre.mean)[:, None, None], torch.tensor(pre.std)[:, None, None]
+    return ((x - mean) / std).numpy()
+
+
+def test_segmenter_tflite_int8_per_pixel_classes(segmenter, tmp_path) -> None:
+    """Full-integer file (int8 CONCATENATION requantizing its inputs to the output's
+    parameters): run with the file's own quantization parameters, per-pixel classes agree
+    with float PyTorch almost everywhere."""
+    pytest.importorskip("ai_edge_litert.interpreter", reason="needs ai-edge-litert")
     pytest.importorskip("tflite", reason="needs the tflite schema package")
+    from ai_edge_litert.interpreter import Interpreter
+
     from mobilenetv2.export.tflite import export_tflite
 
-    calib = _inputs(SEG_SIZE, 2)
-    with pytest.raises(UserError, match="int8 concatenation"):
-        export_tflite(segmenter, tmp_path / "q.tflite", precision="int8", calibration=calib)
-    assert not (tmp_path / "q.tflite").exists()
+    calib = _pixels(segmenter, SEG_SIZE, 16, seed=2)
+    path = export_tflite(segmenter, tmp_path / "q.tflite", precision="int8",
+                         calibration=calib, input_size=SEG_SIZE).path
+    x = _pixels(segmenter, SEG_SIZE, 2, seed=3)  # not the calibration images
+    (ref,) = _torch(segmenter, x)
+    interp = Interpreter(model_path=str(path))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == out["dtype"] == np.int8
+    (si, zi), (so, zo) = inp["quantization"], out["quantization"]
+    got = []
+    for img in x:
+        interp.allocate_tensors()
+        q = np.clip(np.round(img.transpose(1, 2, 0) / si) + zi, -128, 127).astype(np.int8)
+        interp.set_tensor(inp["index"], q[None])
+        interp.invoke()
+        got.append((interp.get_tensor(out["index"])[0].astype(np.float32) - zo) * so)
+    got = np.stack(got).transpose(0, 3, 1, 2)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    # quantization error: a few output steps, far below the logits' spread
+    assert np.abs(got - ref).max() <= 0.1 * (ref.max() - ref.min())
 
 
 # ---------------------------------------------------------------------------- detector

@@ -85,8 +85,9 @@ def export_tflite(
     if precision not in ("fp32", "int8"):
         raise UserError(f"--precision {precision}: the tflite export writes fp32 or int8")
     if precision == "int8" and is_detector(model):
-        raise UserError("a detector exports to tflite in fp32 only (--precision fp32): int8 "
-                        "concatenation of its heads is not supported yet")
+        raise UserError("a detector exports to tflite in fp32 only (--precision fp32): an int8 "
+                        "file's check (top-1 agreement) is a classifier's, its boxes would go "
+                        "unverified")
     size = example_size(model, input_size)
     data = checked_calibration(precision, calibration)
     content = tflite_bytes(model, size, precision, data)

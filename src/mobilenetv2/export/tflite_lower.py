@@ -5,8 +5,8 @@ The graph is ATen (`torch.export.export(...).module()`): `conv2d`, `hardtanh` (R
 (eval: identity), `linear`; for the DeepLab and SSDLite heads `expand` (1x1 -> H x W),
 `cat`, `upsample_bilinear2d`, `relu` and `permute(0, 2, 3, 1)` + `reshape`. `LOWERINGS` maps
 each ATen target to a function that emits the TFLite operators for it. Anything without a
-row fails naming the op. int8 concatenation is refused (its inputs would need the output's
-parameters), so the two heads export in fp32.
+row fails naming the op. int8 CONCATENATION requantizes inputs calibrated to other ranges
+to the output's parameters (QUANTIZE int8 -> int8), as the spec requires.
 
 Layout: PyTorch is NCHW, TFLite NHWC (its convolutions, pooling and XNNPACK all assume
 it), so image tensors are NHWC in the file, conv weights OHWI and depthwise weights 1HWC
@@ -382,12 +382,12 @@ def _cat(L: Lowering, node: Any) -> None:
     axis = (0, 3, 1, 2)[dim] if nhwc else dim
     if dim == 0:
         raise UserError(f"TFLite export: {node.name}: concatenation along the batch")
-    if L.int8:
-        # The spec needs every input at the output's scale and zero point (the producers'
-        # parameters would have to be tied to it); not done yet.
-        raise UserError(f"TFLite export: {node.name}: int8 concatenation is not supported; "
-                        f"export this model with --precision fp32")
-    y = L.new_tensor(node, out_shape, None, nhwc=nhwc)
+    q = L.qparams(node)
+    if q is not None:
+        # The spec: every input at the output's scale and zero point; an input calibrated
+        # to another range is requantized (int8 -> int8 QUANTIZE) first.
+        xs = [x if x.q == q else _requantize(L, node, i, x, q) for i, x in enumerate(xs)]
+    y = L.new_tensor(node, out_shape, q, nhwc=nhwc)
 
     def options(b: Any) -> int:
         t.ConcatenationOptionsStart(b)
@@ -397,6 +397,17 @@ def _cat(L: Lowering, node: Any) -> None:
 
     L.builder.op(t.BuiltinOperator.CONCATENATION, [x.index for x in xs], [y.index],
                  options=options, options_type=t.BuiltinOptions.ConcatenationOptions)
+
+
+def _requantize(L: Lowering, node: Any, i: int, x: Value, q: QParams) -> Value:
+    import tflite as t
+
+    spec = TensorSpec(f"{node.name}/input{i}", _nhwc(x.shape) if x.nhwc else x.shape,
+                      np.dtype(np.int8), dynamic_batch=True)
+    spec.scale, spec.zero_point = np.array([q.scale]), np.array([q.zero_point])
+    out = Value(L.builder.tensor(spec), x.shape, q, x.nhwc)
+    L.builder.op(t.BuiltinOperator.QUANTIZE, [x.index], [out.index], version=2)
+    return out
 
 
 def _expand(L: Lowering, node: Any) -> None:
