@@ -33,11 +33,15 @@ class ExportResult:
     # int8 exports: % of verification images whose top-1 equals PyTorch's float top-1
     agreement: float | None = None
     images: int = 0
+    per_pixel: bool = False  # a segmenter's agreement counts pixels, not images
 
     def __str__(self) -> str:
         diff = "not verified" if self.max_abs_diff is None else (
             f"max |diff| vs PyTorch {self.max_abs_diff:.2e}")
-        if self.agreement is not None:
+        if self.agreement is not None and self.per_pixel:
+            diff += (f", per-pixel class equal to PyTorch float on {self.agreement:.1f}% of "
+                     f"the pixels of {self.images} images")
+        elif self.agreement is not None:
             diff += (f", top-1 equal to PyTorch float on {self.agreement:.1f}% of "
                      f"{self.images} images")
         return f"{self.format} -> {self.path} ({diff})"
@@ -106,7 +110,8 @@ def check_agreement(model: nn.Module, run: Any, x: np.ndarray, path: Path,
     if not np.isfinite(got).all():
         raise UserError(f"{path}: the exported model computes non-finite outputs")
     agree = float((got.argmax(1) == ref.argmax(1)).mean() * 100)
-    return ExportResult(path, float(np.abs(got - ref).max()), fmt, agree, len(x))
+    return ExportResult(path, float(np.abs(got - ref).max()), fmt, agree, len(x),
+                        per_pixel=got.ndim == 4)
 
 
 def checked_calibration(precision: str, calibration: Any) -> np.ndarray | None:
