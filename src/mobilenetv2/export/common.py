@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from mobilenetv2.errors import UserError
@@ -126,6 +127,18 @@ def checked_calibration(precision: str, calibration: Any) -> np.ndarray | None:
     return np.ascontiguousarray(calibration, dtype=np.float32)
 
 
+def boxes_diff(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
+    """Largest box difference between two detection lists; inf when the detections differ
+    in number or labels."""
+    worst = 0.0
+    for da, db in zip(a, b):
+        if len(da["boxes"]) != len(db["boxes"]) or not torch.equal(da["labels"], db["labels"]):
+            return float("inf")
+        if len(da["boxes"]):
+            worst = max(worst, float((da["boxes"] - db["boxes"]).abs().max()))
+    return worst
+
+
 def write_verified(path: str | Any, content: bytes, fmt: str, precision: str, suffix: str,
                    verify: Callable[[Path], ExportResult] | None) -> ExportResult:
     """Write a phone export's bytes atomically, verified in its own runtime under the
@@ -202,13 +215,12 @@ def verify_fp32(model: nn.Module, run: Callable[[np.ndarray], Any], size: int, a
         raise UserError(f"{path}: {runtime} output differs from PyTorch by {diff:.3g} (more "
                         f"than {atol:g}); the export is wrong")
     if is_detector(model):
-        from mobilenetv2.export.onnx_detect import _boxes_diff
         from mobilenetv2.model.heads.ssd_post import postprocess
 
         anchors = torch.from_numpy(detector_anchors(model, size))
         boxes_ref = postprocess(*(torch.from_numpy(r) for r in refs), anchors, (size, size))
         boxes = postprocess(*(torch.from_numpy(g) for g in gots), anchors, (size, size))
-        box_diff = _boxes_diff(boxes_ref, boxes)
+        box_diff = boxes_diff(boxes_ref, boxes)
         if box_diff / size > atol:
             raise UserError(f"{path}: {runtime}'s detections differ from PyTorch's by "
                             f"{box_diff:.3g} pixels after post-processing (more than {atol:g} "

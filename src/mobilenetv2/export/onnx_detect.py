@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from mobilenetv2._files import atomic_write
 from mobilenetv2._optional import require
 from mobilenetv2.errors import UserError
-from mobilenetv2.export.common import ExportResult, export_metadata
+from mobilenetv2.export.common import ExportResult, boxes_diff, export_metadata
 from mobilenetv2.model.fuse import fuse, is_fused
 from mobilenetv2.model.heads.ssd_post import postprocess
 from mobilenetv2.runtime.onnx_meta import set_onnx_metadata
@@ -97,16 +96,6 @@ def onnx_detector_outputs(path: str | Path, x: np.ndarray) -> tuple[np.ndarray, 
     return tuple(sess.run(list(DETECTOR_OUTPUTS), {sess.get_inputs()[0].name: x}))
 
 
-def _boxes_diff(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
-    worst = 0.0
-    for da, db in zip(a, b):
-        if len(da["boxes"]) != len(db["boxes"]) or not torch.equal(da["labels"], db["labels"]):
-            return float("inf")
-        if len(da["boxes"]):
-            worst = max(worst, float((da["boxes"] - db["boxes"]).abs().max()))
-    return worst
-
-
 def verify_detector_onnx(model: nn.Module, path: str | Path, size: int, atol: float = 1e-4,
                          inputs: torch.Tensor | None = None, score_threshold: float = 0.01,
                          anchors: torch.Tensor | None = None) -> float:
@@ -127,7 +116,7 @@ def verify_detector_onnx(model: nn.Module, path: str | Path, size: int, atol: fl
                         f"{raw:.3g} (more than 1e-3); the export is wrong")
     got = postprocess(torch.from_numpy(c), torch.from_numpy(lg), torch.from_numpy(onnx_anchors),
                       (size, size), score_threshold)
-    diff = _boxes_diff(ref, got)
+    diff = boxes_diff(ref, got)
     if diff / size > atol:
         raise UserError(f"{path}: ONNX Runtime's detections differ from PyTorch's by {diff:.3g} "
                         f"pixels (more than {atol:g} of the {size}-pixel side); the export is "
