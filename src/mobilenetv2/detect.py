@@ -19,7 +19,7 @@ from torch import nn
 
 from mobilenetv2._files import atomic_write
 from mobilenetv2.data.det_transforms import detection_eval_transform, detection_preprocessing
-from mobilenetv2.data.images import ImageError, image_files, open_rgb
+from mobilenetv2.data.images import ImageError, input_files, open_rgb
 from mobilenetv2.errors import UserError
 from mobilenetv2.model.heads.ssd_post import postprocess
 
@@ -81,16 +81,7 @@ def detect_images(model: nn.Module, paths: list[str], *, out: str | os.PathLike 
     """Detections of every image under `paths` (files or folders); with `out`, a PNG per
     image with boxes, labels and scores (`<stem>.detections.png`; inputs never overwritten).
     """
-    files: list[Path] = []
-    for p in paths:
-        q = Path(p)
-        if q.is_dir():
-            found = image_files(q)
-            if not found:
-                raise UserError(f"{q}: no image files in this folder")
-            files += found
-        else:
-            files.append(q)
+    files = input_files(paths)
     pre = _preprocessing(model)
     labels = _labels(model)
     tf = detection_eval_transform(pre)

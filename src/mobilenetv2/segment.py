@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mobilenetv2._files import atomic_write
-from mobilenetv2.data.images import ImageError, image_files, open_rgb
+from mobilenetv2.data.images import ImageError, input_files, open_rgb
 from mobilenetv2.data.segmentation import (
     SegmentationDataset,
     SegTransform,
@@ -134,15 +134,7 @@ def segment(model: nn.Module, paths: Sequence[str | os.PathLike], out: str | os.
     """
     check_segmenter(model)
     names = model.meta.labels or [f"class {i}" for i in range(model.num_classes)]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = image_files(p)
-            if not found:
-                raise UserError(f"{p}: no images in this folder")
-            files += found
-        else:
-            files.append(p)
+    files = input_files(paths)
     out = Path(out)
     inputs = {f.resolve() for f in files if f.exists()}
     pal = voc_palette()

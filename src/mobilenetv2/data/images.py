@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mobilenetv2.errors import UserError
 
 __all__ = [
+    "input_files",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "ImageError",
@@ -146,6 +147,21 @@ def image_files(root: str | os.PathLike) -> list[Path]:
         and p.is_file()
     ]
     return sorted(found, key=str)
+
+
+def input_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files a verb runs on: each path as given, each folder as its images (a folder
+    with none is a `UserError`)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = image_files(p)
+            if not found:
+                raise UserError(f"{p}: no image files in this folder")
+            files += found
+        else:
+            files.append(p)
+    return files
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
