@@ -23,6 +23,7 @@ from mobilenetv2.memory import (
     per_resolution,
 )
 from mobilenetv2.model.fuse import fuse
+from mobilenetv2.model.layers import SamePad2d
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 RES = (96, 128, 160, 192, 224)
@@ -87,22 +88,35 @@ class FreeAfterLastUse(fx.Interpreter):
         return self.image.pop()
 
 
-@pytest.mark.parametrize("width, res", [(0.35, 64), (1.0, 96), (1.4, 65)])
-def test_layerwise_peak_matches_live_torch_tensors(width: float, res: int) -> None:
-    cfg = ModelConfig(width=width, resolution=res, num_classes=10)
+class PadsAreLayers(fx.Tracer):
+    """`SamePad2d` computes its amounts from the input's shape: one traced call, not code."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, SamePad2d) or super().is_leaf_module(m, qualname)
+
+
+@pytest.mark.parametrize("width, res, batch, padding", [
+    (0.35, 64, 1, "symmetric"), (1.0, 96, 1, "symmetric"), (1.4, 65, 2, "symmetric"),
+    (0.5, 67, 1, "tf_same"),
+])
+def test_layerwise_peak_matches_live_torch_tensors(width: float, res: int, batch: int,
+                                                    padding: str) -> None:
+    cfg = ModelConfig(width=width, resolution=res, num_classes=10, padding=padding)
     model = fuse(MobileNetV2(cfg), channels_last=False)
     net = nn.Sequential(model.stem, model.blocks, model.head, model.pool, nn.Flatten(1),
                         model.classifier)
-    graph = fx.symbolic_trace(net)
+    graph = fx.GraphModule(net, PadsAreLayers().trace(net))
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     tracker = LiveTensors(params)
     with torch.no_grad(), tracker:
-        image = [torch.randn(1, 3, res, res)]
+        image = [torch.randn(batch, 3, res, res)]
         FreeAfterLastUse(graph, image).run(None)
-    convs = [live for op, live in tracker.trace if op in ("convolution", "add")]
+    # The live bytes PyTorch holds at every conv, pad and add, in order.
+    ops = ("convolution", "constant_pad_nd", "add")
+    measured = [live for op, live in tracker.trace if op in ops]
     steps = [s for s in layerwise_schedule(cfg).steps if s.op not in ("pool", "classifier")]
-    assert convs == [s.bytes(4) for s in steps]
-    assert max(live for _, live in tracker.trace) == layerwise_peak_bytes(cfg)
+    assert measured == [s.bytes(4, batch) for s in steps]
+    assert max(live for _, live in tracker.trace) == layerwise_peak_bytes(cfg, batch=batch)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
