@@ -65,6 +65,7 @@ RESOLUTIONS = (96, 128, 160, 192, 224)
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 Shape = tuple[int, int, int]
+Tensor = tuple[str, Shape]  # a named whole tensor: (name, (C, H, W))
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Step:
     """
 
     op: str
-    live: tuple[tuple[str, Shape], ...]
+    live: tuple[Tensor, ...]
     scratch: tuple[Shape, ...] = ()
     accumulator: str | None = None
 
@@ -181,8 +182,8 @@ def layerwise_schedule(config: ModelConfig, resolution: int | None = None) -> Sc
     image: Shape = (3, res, res)
     steps: list[Step] = []
 
-    def conv(op: str, x: tuple[str, Shape], stride: int, keep: tuple = (),
-             dilation: int = 1) -> tuple[str, Shape]:
+    def conv(op: str, x: Tensor, stride: int, keep: tuple[Tensor, ...] = (),
+             dilation: int = 1) -> Tensor:
         if tf_same and stride > 1:
             padded = (f"{op}.pad", _padded(x[1], stride, dilation))
             steps.append(Step(f"{op}.pad", (*keep, x, padded)))
@@ -231,14 +232,14 @@ def blockwise_schedule(config: ModelConfig, resolution: int | None = None,
         raise ValueError(f"slices must be an integer >= 1 or None, got {slices!r}")
     res, out = _shapes(config, resolution)
     arch = resolve(config)
-    image: Shape = ("input", (3, res, res))  # type: ignore[assignment]
+    image: Tensor = ("input", (3, res, res))
 
     def piece(channels: int, *maps: Shape) -> tuple[Shape, ...]:
         c = 1 if slices is None else -(-channels // min(slices, channels))
         return tuple((c, s[1], s[2]) for s in maps)
 
     steps: list[Step] = []
-    x: tuple[str, Shape] = image  # type: ignore[assignment]
+    x = image
     blocks = list(arch.blocks)
     if fuse_stem and not blocks[0].has_expand:
         # stem (3x3 conv, ReLU6) -> depthwise -> project: the stem plays the expansion.
@@ -249,7 +250,7 @@ def blockwise_schedule(config: ModelConfig, resolution: int | None = None,
         x = y
     else:
         x = ("stem", out["stem"])
-        steps.append(Step("stem", (image, x)))  # type: ignore[arg-type]
+        steps.append(Step("stem", (image, x)))
     for b in blocks:
         name = f"blocks.{b.index}"
         y = (name, out[f"{name}.project"])
