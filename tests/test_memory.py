@@ -157,9 +157,35 @@ def test_bad_arguments(bad: dict, match: str) -> None:
         blockwise_peak_bytes(ModelConfig(), **bad)
 
 
-def test_segmenter_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="classifier"):
-        layerwise_schedule(ModelConfig(task="segment", num_classes=21, output_stride=16))
+@pytest.mark.parametrize("output_stride, aspp", [(16, False), (8, True)])
+def test_segmenter_layerwise_matches_live_torch_tensors(output_stride: int, aspp: bool) -> None:
+    """Mobile DeepLabv3: the dilated backbone, the head's branches (live together until the
+    concatenation) and the upsampling, against what PyTorch holds."""
+    from mobilenetv2.model.build import build_model
+
+    res = 97
+    cfg = ModelConfig(task="segment", width=0.5, resolution=res, num_classes=5,
+                      output_stride=output_stride, aspp=aspp)
+    model = fuse(build_model(cfg), channels_last=False)
+    net = nn.Sequential(model.backbone.stem, model.backbone.blocks, model.head,
+                        nn.Upsample(size=(res, res), mode="bilinear", align_corners=True))
+    graph = fx.GraphModule(net, PadsAreLayers().trace(net))
+    tracker = LiveTensors({p.untyped_storage().data_ptr() for p in net.parameters()})
+    with torch.no_grad(), tracker:
+        FreeAfterLastUse(graph, [torch.randn(1, 3, res, res)]).run(None)
+    ops = ("convolution", "add", "mean", "cat", "upsample_bilinear2d")
+    measured = [live for op, live in tracker.trace if op in ops]
+    sched = layerwise_schedule(cfg)
+    assert measured == [s.bytes(4) for s in sched.steps]
+    assert max(live for _, live in tracker.trace) == sched.peak_bytes(4)
+    # Fusing the blocks never costs; at output stride 8 with ASPP the head's concatenated
+    # branches are the peak of both schedules.
+    assert blockwise_peak_bytes(cfg) <= sched.peak_bytes(4)
+
+
+def test_detector_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="not modelled"):
+        layerwise_schedule(ModelConfig(task="detect", num_classes=81, resolution=320))
 
 
 def test_cli_memory_json_and_table(capsys: pytest.CaptureFixture) -> None:
@@ -189,8 +215,12 @@ def test_cli_memory_grid(capsys: pytest.CaptureFixture) -> None:
     assert round(row["largest_tensor_fp16_bytes"] / 1000, -1) == 400  # Table 3's 400K
 
 
-def test_cli_memory_refuses_segmenter(capsys: pytest.CaptureFixture) -> None:
+def test_cli_memory_segmenter_and_detector(capsys: pytest.CaptureFixture) -> None:
     from mobilenetv2.cli import main
 
-    assert main(["profile", "--memory", "--variant", "deeplabv3_mobilenetv2_100"]) == 2
-    assert "classifier" in capsys.readouterr().err
+    assert main(["profile", "--memory", "--variant", "deeplabv3_mobilenetv2_050",
+                 "--resolution", "129", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layerwise"]["steps"][-1]["op"] == "upsample"
+    assert main(["profile", "--memory", "--task", "detect", "--num-classes", "81"]) == 2
+    assert "not modelled" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 Sandler et al., arXiv 1801.04381, section 5: for a network run one operator at a time, the
 memory needed is `max over operators of (sum of live tensors + the operator's scratch)`,
 where a tensor is live from the operator that writes it to the last one that reads it. Two
-schedules of the classifier are modelled, both pure functions of the resolved specs:
+schedules of the classifier (and of Mobile DeepLabv3, whose head runs layer by layer in both)
+are modelled, both pure functions of the resolved specs:
 
 * **layer by layer** (`layerwise_schedule`): every convolution (BatchNorm folded, ReLU6 in
   place) writes its whole output; a residual block's input stays live through expand,
@@ -32,6 +33,9 @@ For int8 on a microcontroller, the slice schedule sums the output over slices, s
 output is an accumulator: `accumulator_bytes=4` holds it in int32 while the block runs (it is
 requantized to int8 in place at the end). `microcontroller_ram_bytes` is that int8 peak:
 activations only; weights are assumed to stay in flash and are not counted.
+
+Long because the two schedules, the segmenter's head they share and the report reading them
+are one job; split, Table 3's conventions would be scattered over several files.
 """
 
 from __future__ import annotations
@@ -146,10 +150,10 @@ class Schedule:
 
 
 def _shapes(config: ModelConfig, resolution: int | None) -> tuple[int, dict[str, Shape]]:
-    if config.task != "classify":
+    if config.task not in ("classify", "segment"):
         raise ValueError(
-            f"the memory schedules model the classifier; a {config.task!r} network's head "
-            "(its feature taps and branches) is not modelled yet"
+            f"the memory schedules model the classifier and the segmenter; a {config.task!r} "
+            "network's head (SSDLite's feature taps and extra layers) is not modelled yet"
         )
     prof = profile(config, resolution)
     return prof.resolution, {layer.name: layer.out_shape for layer in prof.layers}
@@ -167,14 +171,14 @@ def _padded(shape: Shape, stride: int, dilation: int = 1, kernel: int = 3) -> Sh
 
 
 def layerwise_schedule(config: ModelConfig, resolution: int | None = None) -> Schedule:
-    """The classifier run one layer at a time (BatchNorm folded, ReLU6 in place).
+    """The network run one layer at a time (BatchNorm folded, ReLU6 in place).
 
     Args:
-        config: A classifier configuration (`task="classify"`).
+        config: A classifier or segmenter configuration.
         resolution: Input side (default: the config's).
 
     Raises:
-        ValueError: For a segmenter or detector, or a resolution the network cannot take.
+        ValueError: For a detector, or a resolution the network cannot take.
     """
     res, out = _shapes(config, resolution)
     arch = resolve(config)
@@ -206,6 +210,9 @@ def layerwise_schedule(config: ModelConfig, resolution: int | None = None) -> Sc
             steps.append(Step(f"{name}.add", (x, y, added)))
             y = added
         x = y
+    if config.task == "segment":
+        steps += _deeplab_steps(x, out)
+        return Schedule("layerwise", config, res, tuple(steps))
     x = conv("head", x, 1)
     pooled = ("pool", out["pool"])
     steps.append(Step("pool", (x, pooled)))
@@ -213,12 +220,40 @@ def layerwise_schedule(config: ModelConfig, resolution: int | None = None) -> Sc
     return Schedule("layerwise", config, res, tuple(steps))
 
 
+def _deeplab_steps(x: Tensor, out: dict[str, Shape]) -> list[Step]:
+    """Mobile DeepLabv3's head (model/heads/deeplabv3.py) layer by layer, in both schedules:
+    image pooling, the 1x1 (and atrous) branches, their concatenation, the projection, the
+    logits and the upsampling to the input size. The branches all read the last block's
+    output, which stays live until the last of them; the pooled branch is broadcast (a
+    view), so it stays 1x1."""
+    pooled = ("head.pool", out["head.pool"])
+    image_pool = ("head.image_pool", out["head.image_pool"])
+    steps = [Step("head.pool", (x, pooled)), Step("head.image_pool", (x, pooled, image_pool))]
+    branches = [image_pool]
+    for name in ["head.aspp0", *sorted((n for n in out if n.startswith("head.aspp.")),
+                                       key=lambda n: int(n.rsplit(".", 1)[1]))]:
+        y = (name, out[name])
+        steps.append(Step(name, (*branches, x, y)))
+        branches.append(y)
+    _, h, w = out["head.aspp0"]
+    cat = ("head.cat", (out["head.project"][0] * len(branches), h, w))
+    project = ("head.project", out["head.project"])
+    logits = ("head.logits", out["head.logits"])
+    return steps + [
+        Step("head.cat", (*branches, cat)),
+        Step("head.project", (cat, project)),
+        Step("head.logits", (project, logits)),
+        Step("upsample", (logits, ("upsample", out["upsample"]))),
+    ]
+
+
 def blockwise_schedule(config: ModelConfig, resolution: int | None = None,
                        slices: int | None = None, fuse_stem: bool = True) -> Schedule:
-    """The classifier run one inverted residual at a time, its expansion in channel slices.
+    """The network run one inverted residual at a time, its expansion in channel slices.
 
     Args:
-        config: A classifier configuration (`task="classify"`).
+        config: A classifier or segmenter configuration (a segmenter's head runs layer by
+            layer).
         resolution: Input side (default: the config's).
         slices: Channel slices each block's expanded tensor is cut into (the paper's `t` of
             section 5.1, 2-5 being its practical range); None: one channel at a time, the
@@ -259,6 +294,9 @@ def blockwise_schedule(config: ModelConfig, resolution: int | None = None,
         maps = (out[f"{name}.expand"], dw) if b.has_expand else (dw,)
         steps.append(Step(name, (x, y), piece(b.hidden_channels, *maps), accumulator=name))
         x = y
+    if config.task == "segment":  # the head's layers are not fused: as layer by layer
+        steps += _deeplab_steps(x, out)
+        return Schedule("blockwise", config, res, tuple(steps))
     # head conv + global average pool: each pooled channel needs its own head channel only.
     pooled = ("pool", out["pool"])
     steps.append(Step("head+pool", (x, pooled), piece(out["head"][0], out["head"])))
@@ -271,7 +309,7 @@ def layerwise_peak_bytes(config: ModelConfig, resolution: int | None = None,
     """Peak activation bytes of the layer-by-layer schedule (`layerwise_schedule`).
 
     Args:
-        config: A classifier configuration.
+        config: A classifier or segmenter configuration.
         resolution: Input side (default: the config's).
         bytes_per_element: 4 for fp32, 2 for fp16/bf16, 1 for int8.
         batch: Images per forward pass (memory scales linearly).
@@ -291,7 +329,7 @@ def blockwise_peak_bytes(config: ModelConfig, resolution: int | None = None,
     maximised over the network. A native engine's measured working memory compares to this.
 
     Args:
-        config: A classifier configuration.
+        config: A classifier or segmenter configuration.
         resolution: Input side (default: the config's).
         bytes_per_element: 4 for fp32, 2 for fp16/bf16, 1 for int8.
         batch: Images per forward pass (memory scales linearly).

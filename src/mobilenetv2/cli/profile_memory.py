@@ -33,7 +33,8 @@ def print_memory(cfg: ModelConfig, args: Any) -> int:
 def _print_report(cfg: ModelConfig, r: dict[str, Any], steps: bool) -> None:
     res, batch = r["resolution"], r["batch"]
     slices = "one channel" if r["slices"] is None else f"{r['slices']} slices"
-    print(f"Peak activation memory, MobileNetV2 width {cfg.width} at {res}x{res}, batch "
+    net = "MobileNetV2" if cfg.task == "classify" else "Mobile DeepLabv3, MobileNetV2"
+    print(f"Peak activation memory, {net} width {cfg.width} at {res}x{res}, batch "
           f"{batch}, padding {cfg.padding} (bytes)")
     print(f"{'schedule':<34}" + "".join(f"{p:>13}" for p in PRECISIONS) + "   peak at")
     big = r["largest_tensor"]
