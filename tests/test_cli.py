@@ -16,7 +16,8 @@ from mobilenetv2.cli import main
 PROMISED = {
     "variants": ["--json"],
     "profile": ["--variant", "--width", "--resolution", "--num-classes", "--padding",
-                "--output-stride", "--small-input", "--json"],
+                "--output-stride", "--small-input", "--json", "--memory", "--all-sizes",
+                "--steps", "--slices", "--batch"],
     "convert": ["-o", "--output", "--out", "--from", "--ema"],
     "pretrained": ["--json"],
     "predict": ["--weights", "--topk", "--batch-size", "--json", "--backend", "--precision",

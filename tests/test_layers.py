@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "mobilenetv2"
 # facade) and `__main__` sit above everything and are imported by no module but the CLI.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "config", "_optional", "_version", "_files"),
-    ("model", "registry", "profile"),
+    ("model", "registry", "profile", "memory"),
     ("data",),
     ("weights",),
     ("export", "runtime"),

@@ -18,6 +18,7 @@ from mobilenetv2.export import export_onnx
 from mobilenetv2.runtime import backends
 from mobilenetv2.runtime.backends import AUTO_ORDER, BACKENDS, PRECISIONS, backend_installed
 from mobilenetv2.runtime.cpu import CpuInfo, cpu_has_bf16, cpu_peak
+from mobilenetv2.runtime.race_cache import RaceCache
 from mobilenetv2.runtime.session import InferenceSession, race
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -423,3 +424,63 @@ def test_helper_sessions_take_the_verbs_threads(tmp_path, monkeypatch) -> None:
     finally:
         torch.set_num_threads(old)
     assert seen and all(t == 1 for t in seen), seen
+
+
+def _fake_backends(monkeypatch, clock: FakeClock, speed: dict[str, float]) -> None:
+    """Backends whose runners only move the fake clock and return their own value; a
+    runner fails on inputs other than 96x96 when its speed key says "fixed-size"."""
+    for i, name in enumerate(speed):
+        def build(source, precision, threads, name=name, value=float(i + 1)):
+            def run(x: np.ndarray) -> np.ndarray:
+                if name == "executorch" and x.shape[-1] != 96:
+                    raise RuntimeError("program lowered for 96x96")
+                clock.now += speed[name]
+                return np.full((len(x), 10), value, dtype=np.float32)
+            return run
+        monkeypatch.setitem(BACKENDS, name, dataclasses.replace(
+            BACKENDS[name], package="numpy", build=build))
+
+
+def test_phone_runtimes_join_the_auto_race(model, tmp_path, monkeypatch) -> None:
+    """Weights with a .pte beside them: ExecuTorch races ONNX Runtime and OpenVINO, wins
+    when fastest, sits out a shape its program cannot run, and the winner is cached per
+    shape and machine; without the file, or without the package, it is not raced."""
+    clock = FakeClock()
+    speed = {"onnxruntime": 0.005, "openvino": 0.004, "executorch": 0.002}
+    _fake_backends(monkeypatch, clock, speed)
+    onnx, pte = tmp_path / "m.onnx", tmp_path / "m.pte"
+    onnx.write_bytes(b"fake")
+    pte.write_bytes(b"fake")
+    sess = InferenceSession(model, onnx_file=onnx, phone_file=pte)
+    sess.clock = clock
+    sess.race_cache = RaceCache(tmp_path / "races.json", "model-key")
+    assert sess.backend == "onnxruntime" and sess._alternates == ["openvino", "executorch"]
+    x = np.zeros((2, 3, 96, 96), np.float32)
+    assert (sess(x) == 3.0).all() and sess.chosen[x.shape] == "executorch"
+    other = np.zeros((1, 3, 64, 64), np.float32)
+    assert (sess(other) == 2.0).all() and sess.chosen[other.shape] == "openvino"
+    # a new session on the same machine reuses the cached winners: nothing is timed
+    again = InferenceSession(model, onnx_file=onnx, phone_file=pte)
+    again.race_cache = sess.race_cache
+    again.clock = lambda: pytest.fail("raced again despite the cache")
+    assert (again(x) == 3.0).all() and again.chosen[x.shape] == "executorch"
+    # no phone file: not raced; a bf16 session: ExecuTorch has no bf16
+    assert InferenceSession(model, onnx_file=onnx)._alternates == ["openvino"]
+    assert "executorch" not in InferenceSession(model, precision="bf16",
+                                                phone_file=pte)._alternates
+    monkeypatch.setitem(BACKENDS, "executorch", dataclasses.replace(
+        BACKENDS["executorch"], package="not_installed_package_xyz"))
+    assert InferenceSession(model, onnx_file=onnx, phone_file=pte)._alternates == ["openvino"]
+
+
+def test_race_fails_only_when_every_runner_fails() -> None:
+    clock = FakeClock()
+
+    def broken(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("cannot run this shape")
+
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    winner, typical = race({"a": broken, "b": clock.runner(0.002, 1.0)}, x, clock=clock)
+    assert winner == "b" and list(typical) == ["b"]
+    with pytest.raises(RuntimeError, match="cannot run this shape"):
+        race({"a": broken, "b": broken}, x, clock=clock)

@@ -1,4 +1,5 @@
-"""`mobilenetv2 profile`: per-layer table and totals of one configuration."""
+"""`mobilenetv2 profile`: per-layer table and totals of one configuration; with `--memory`,
+the peak activation memory of the layer-by-layer and block-wise schedules (paper 5.1)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ class Args:
     model: dict[str, Any] = config_options(ModelConfig, exclude=("dropout",),
                                            title="model options (ModelConfig)")
     json: bool = shared("json", False)
+    memory: bool = option(False, help="peak activation memory: layer by layer and the "
+                          "paper's block-wise schedule (section 5.1, Table 3)")
+    all_sizes: bool = option(False, help="with --memory: every width (0.35-1.4) and "
+                             "resolution (96-224)")
+    slices: int | None = option(None, minimum=1, metavar="N",
+                                help="with --memory: channel slices per expansion",
+                                default_help="one channel at a time")
+    batch: int = option(1, minimum=1, metavar="N", help="with --memory: images per pass")
+    steps: bool = option(False, help="with --memory: the live tensors at every step of "
+                         "both schedules")
 
 
 def run(args: Args) -> int:
@@ -41,6 +52,10 @@ def run(args: Args) -> int:
     overrides = dict(args.model)
     width = overrides.pop("width", None)
     cfg = resolve_variant(args.variant, width, **overrides)
+    if args.memory or args.all_sizes:
+        from mobilenetv2.cli.profile_memory import print_memory
+
+        return print_memory(cfg, args)
     prof = profile(cfg)
     if args.json:
         print(json.dumps(prof.to_dict(), indent=2))

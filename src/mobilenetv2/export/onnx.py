@@ -3,11 +3,12 @@
 The ONNX graph is the BN-folded network (`model.fuse`): Conv (with bias), `Clip(0, 6)` for
 ReLU6 with constant bounds, `Add` for the shortcuts, `GlobalAveragePool`, `Flatten`, `Gemm`.
 tf_same padding (`SamePad2d`) becomes the `Conv`'s own asymmetric `pads` when height and
-width are static (the default), and a `Pad` whose amounts are computed from the input shape
-when they are dynamic, so it stays exact at every size. The weights' metadata (config,
-preprocessing, labels, provenance) travels in the model's `metadata_props`, one JSON document
-per key as in our safetensors files (`runtime.onnx_meta`), so a deployed `.onnx` file is
-self-describing.
+width are static (the default), and the `Conv`'s `auto_pad="SAME_UPPER"` (TF's SAME, the odd
+pixel after) when they are dynamic, so it stays exact at every size with no `Pad` op and no
+shape arithmetic left (without ONNX Runtime to check the amounts, the computed `Pad`s stay).
+The weights' metadata (config, preprocessing, labels, provenance) travels in the model's
+`metadata_props`, one JSON document per key as in our safetensors files
+(`runtime.onnx_meta`), so a deployed `.onnx` file is self-describing.
 
 Exporter choice (torch 2.14): the torch.export-based exporter (`dynamo=True`, the default
 since torch 2.9) lowers global pooling to `ReduceMean` and takes about two minutes for this
@@ -164,8 +165,7 @@ def _export_to(onnx: Any, model: nn.Module, reference: nn.Module, path: Path, *,
             log.debug("%s", chatter.getvalue())
     proto = onnx.load(str(path))
     _constants_to_initializers(proto)
-    if not dynamic_hw:
-        _fold_pads_into_convs(proto, size)
+    _fold_pads_into_convs(proto, size, dynamic=dynamic_hw)
     set_onnx_metadata(proto, export_metadata(model, metadata))
     proto.doc_string = "MobileNetV2 (Sandler et al., CVPR 2018) exported by mobilenetv2"
     onnx.checker.check_model(proto)
@@ -177,10 +177,12 @@ def _export_to(onnx: Any, model: nn.Module, reference: nn.Module, path: Path, *,
     return diff
 
 
-def _fold_pads_into_convs(proto: Any, size: int) -> None:
+def _fold_pads_into_convs(proto: Any, size: int, dynamic: bool = False) -> None:
     """For static height and width: write each zero `Pad` that feeds one `Conv` into the
     `Conv`'s own asymmetric `pads` (begin H, begin W, end H, end W), and drop the shape
-    arithmetic that computed it.
+    arithmetic that computed it. For dynamic ones: `auto_pad="SAME_UPPER"` on the `Conv`
+    (ONNX's own TF SAME: the odd pixel after), once running the graph at two sizes, one
+    odd, has shown that every such `Pad` computes exactly that (`_same_upper`).
 
     tf_same's `SamePad2d` computes its amounts from the input's shape, which traces to a
     chain of Shape/Gather/Sub/Cast ops and a `Pad` that ONNX Runtime does not merge into the
@@ -207,6 +209,9 @@ def _fold_pads_into_convs(proto: Any, size: int) -> None:
                 and not any(a.name == "auto_pad" for a in users[0].attribute):
             candidates.append((node, users[0]))
     if not candidates:
+        return
+    if dynamic:
+        _drop(graph, _same_upper(proto, candidates, size))
         return
     # Pad's `pads` input is int64 by the ONNX spec; its fill value has the data's type.
     wanted = {pad.input[1]: TensorProto.INT64 for pad, _ in candidates
@@ -248,6 +253,77 @@ def _fold_pads_into_convs(proto: Any, size: int) -> None:
             base[2] + amounts[6], base[3] + amounts[7]]))
         conv.input[0] = pad.input[0]
         folded.add(id(pad))
+    _drop(graph, folded)
+
+
+def _same_upper(proto: Any, candidates: list[tuple[Any, Any]], size: int) -> set[int]:
+    """The `Pad`s (of `candidates`, `(Pad, Conv)` pairs) replaced by `auto_pad="SAME_UPPER"`
+    on their `Conv`: those whose amounts, computed by the graph at sizes `size` and
+    `size + 13`, are TF SAME's for their conv at both (a dilation-1 conv without pads of
+    its own). Without ONNX Runtime to run the probe, none (the Pads stay: exact, slower)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobilenetv2.model.layers import tf_same_padding
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    image = graph.input[0].name
+
+    def zero_fill(pad: Any) -> bool:
+        fill = pad.input[2] if len(pad.input) > 2 else ""
+        return not fill or (fill in inits and not numpy_helper.to_array(inits[fill]).any())
+
+    def attr(node: Any, name: str, default: list[int]) -> list[int]:
+        return next((list(a.ints) for a in node.attribute if a.name == name), default)
+
+    pairs = [(pad, conv) for pad, conv in candidates
+             if pad.input[1] not in inits and zero_fill(pad)
+             and attr(conv, "dilations", [1, 1]) == [1, 1]
+             and not any(attr(conv, "pads", [0, 0, 0, 0]))
+             and len(attr(conv, "kernel_shape", [])) == 2]
+    if not pairs:
+        return set()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.info("onnxruntime is not installed: the tf_same Pads stay separate ops")
+        return set()
+    probe = type(proto)()
+    probe.CopyFrom(proto)
+    wanted = {pad.input[1]: TensorProto.INT64 for pad, _ in pairs}
+    wanted.update({pad.input[0]: TensorProto.FLOAT for pad, _ in pairs
+                   if pad.input[0] != image})
+    probe.graph.output.extend(helper.make_tensor_value_info(n, t, None)
+                              for n, t in wanted.items())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = list(wanted)
+    good = {id(pad) for pad, _ in pairs}
+    for side in (size, size + 13):
+        feed = np.zeros((1, 3, side, side), np.float32)
+        values = dict(zip(names, session.run(names, {image: feed})))
+        values[image] = feed
+        for pad, conv in pairs:
+            h, w = values[pad.input[0]].shape[-2:]
+            (kh, kw), (sh, sw) = attr(conv, "kernel_shape", []), attr(conv, "strides", [1, 1])
+            (top, bottom), (left, right) = tf_same_padding(h, kh, sh), tf_same_padding(w, kw, sw)
+            if np.asarray(values[pad.input[1]]).astype(int).tolist() != [
+                    0, 0, top, left, 0, 0, bottom, right]:
+                good.discard(id(pad))
+    for pad, conv in pairs:
+        if id(pad) in good:
+            keep = [a for a in conv.attribute if a.name != "pads"]
+            del conv.attribute[:]
+            conv.attribute.extend(keep)
+            conv.attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
+            conv.input[0] = pad.input[0]
+    return good
+
+
+def _drop(graph: Any, folded: set[int]) -> None:
+    """Remove the nodes in `folded` (by id) and whatever then feeds nothing."""
     nodes = [n for n in graph.node if id(n) not in folded]
     # The shape arithmetic that fed the folded Pads now feeds nothing: drop it, and the
     # initializers only it used.

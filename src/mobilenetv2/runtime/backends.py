@@ -220,8 +220,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("torch", "torch", ("fp32", "bf16"), "module", _torch_runner),
     Backend("onnxruntime", "onnxruntime", ("fp32", "int8"), "onnx", _onnxruntime_runner),
     Backend("openvino", "openvino", ("fp32", "bf16", "int8"), "onnx", _openvino_runner),
-    # the phone runtimes, on this CPU: never chosen by `auto` for weights (they need an
-    # export first), but `auto` on a .tflite / .pte file runs it in its own runtime
+    # the phone runtimes, on this CPU: never started by `auto` for weights alone (they need
+    # an export first); `auto` on a .tflite / .pte file runs it in its own runtime, and
+    # weights with such a file beside them (`phone_file`) race it too (session.py)
     Backend("litert", "ai_edge_litert", ("fp32", "int8"), "tflite", _phone_runner("litert")),
     Backend("executorch", "executorch", ("fp32", "int8"), "pte",
             _phone_runner("executorch")),

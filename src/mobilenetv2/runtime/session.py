@@ -11,7 +11,9 @@ backend and keeps the faster (`race`: rotating interleaved rounds, an untimed ru
 each runner's timed runs, the median round decides): on this project's CPU (AVX-512 VNNI/BF16,
 docs/BENCHMARKS.md) the fp32 winner between ONNX Runtime and OpenVINO changed from run to
 run, at batch 1 too (ONNX Runtime 2.9 vs OpenVINO 3.6 ms in one run, 3.0 vs 2.2 ms in
-another). Backends, their precisions and the precision rules: `runtime.backends`.
+another). ExecuTorch and LiteRT join that race where installed when the session also has a
+file in their format (`phone_file`). Backends, their precisions and the precision rules:
+`runtime.backends`.
 """
 
 from __future__ import annotations
@@ -111,7 +113,16 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
         raise UserError(f"no installed backend runs {precision} (tried "
                         f"{', '.join(candidates)}; pip install "
                         f"{BACKENDS[candidates[0]].package})")
-    return installed[:2]
+    return installed[:2] + _phone_entrants(precision, files, installed[:2])
+
+
+def _phone_entrants(precision: str, files: frozenset[str], racing: list[str]) -> list[str]:
+    """ExecuTorch and LiteRT join `auto`'s race where installed and a file in their format
+    is at hand (a `phone_file` beside the weights): on this CPU ExecuTorch on XNNPACK ran
+    MobileNetV2 fastest of all in a first try (issue 13), so it must be able to win."""
+    return [b for b, spec in BACKENDS.items()
+            if spec.runs in files and precision in spec.precisions and b not in racing
+            and backend_installed(b)]
 
 
 def race(
@@ -129,11 +140,23 @@ def race(
       follows the same other one.
     - One run can be slowed by anything else on the machine. Each round times `runs` runs
       and the rounds' median decides, so a single outlier, either way, moves nothing.
-    One warm-up run each first (OpenVINO compiles there).
+    One warm-up run each first (OpenVINO compiles there); a runner that fails it (a phone
+    file made for another input size) sits the race out, unless all fail.
     """
-    names = list(runners)
-    for name in names:
-        runners[name](x)
+    names, failed = [], {}
+    for name in runners:
+        try:
+            runners[name](x)
+        except Exception as e:  # noqa: BLE001 (any runtime's error: it sits this shape out)
+            failed[name] = e
+        else:
+            names.append(name)
+    if not names:
+        raise next(iter(failed.values()))
+    for name, e in failed.items():
+        # e.g. a .pte program lowered for one input size, given another
+        log.info("%s cannot run shape %s (%s: %s); not raced", name, x.shape,
+                 type(e).__name__, e)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
