@@ -288,3 +288,16 @@ def test_other_libraries_info_logs_stay_quiet(monkeypatch, capfd) -> None:
     logging.getLogger("mobilenetv2.quant.ptq").info("ours")
     err = capfd.readouterr().err
     assert "Created a copy" not in err and "ours" in err
+
+
+def test_output_cut_short_by_a_pipe_is_not_an_error() -> None:
+    # `mobilenetv2 profile --memory --all-sizes | head -1`: the reader closes the pipe after one
+    # line; the CLI must stop quietly (exit 0, no BrokenPipeError traceback on stderr).
+    proc = subprocess.Popen([sys.executable, "-m", "mobilenetv2", "profile", "--memory",
+                             "--all-sizes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert first.strip(), "nothing was printed before the pipe closed"
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

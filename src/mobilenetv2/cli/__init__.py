@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -72,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mobilenetv2 {verb.name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `mobilenetv2 profile ... | head` closed our stdout: what the reader wanted was printed.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _configure_logging(verbose: bool) -> None:
