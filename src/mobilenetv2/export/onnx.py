@@ -221,19 +221,9 @@ def _fold_pads_into_convs(proto: Any, size: int, dynamic: bool = False) -> None:
     values = {name: numpy_helper.to_array(inits[name])
               for pad, _ in candidates for name in pad.input[1:3] if name in inits}
     if wanted:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            log.info("onnxruntime is not installed: the tf_same Pads stay separate ops")
+        session = _probe_session(proto, wanted)
+        if session is None:
             return
-        probe = type(proto)()
-        probe.CopyFrom(proto)
-        probe.graph.output.extend(helper.make_tensor_value_info(n, t, None)
-                                  for n, t in wanted.items())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(probe.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
         feed = {graph.input[0].name: np.zeros((1, 3, size, size), np.float32)}
         names = list(wanted)
         values.update(zip(names, session.run(names, feed)))
@@ -255,6 +245,27 @@ def _fold_pads_into_convs(proto: Any, size: int, dynamic: bool = False) -> None:
         folded.add(id(pad))
     _drop(graph, folded)
 
+
+
+def _probe_session(proto: Any, wanted: dict[str, int]) -> Any:
+    """An unoptimised ONNX Runtime session on a copy of `proto` that also outputs the
+    intermediate tensors `wanted` (name -> TensorProto type), so the export can read the
+    pad amounts the graph computes; None where ONNX Runtime is not installed."""
+    from onnx import helper
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.info("onnxruntime is not installed: the tf_same Pads stay separate ops")
+        return None
+    probe = type(proto)()
+    probe.CopyFrom(proto)
+    probe.graph.output.extend(helper.make_tensor_value_info(n, t, None)
+                              for n, t in wanted.items())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(probe.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 def _same_upper(proto: Any, candidates: list[tuple[Any, Any]], size: int) -> set[int]:
     """The `Pad`s (of `candidates`, `(Pad, Conv)` pairs) replaced by `auto_pad="SAME_UPPER"`
@@ -283,22 +294,12 @@ def _same_upper(proto: Any, candidates: list[tuple[Any, Any]], size: int) -> set
              and len(attr(conv, "kernel_shape", [])) == 2]
     if not pairs:
         return set()
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        log.info("onnxruntime is not installed: the tf_same Pads stay separate ops")
-        return set()
-    probe = type(proto)()
-    probe.CopyFrom(proto)
     wanted = {pad.input[1]: TensorProto.INT64 for pad, _ in pairs}
     wanted.update({pad.input[0]: TensorProto.FLOAT for pad, _ in pairs
                    if pad.input[0] != image})
-    probe.graph.output.extend(helper.make_tensor_value_info(n, t, None)
-                              for n, t in wanted.items())
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = _probe_session(proto, wanted)
+    if session is None:
+        return set()
     names = list(wanted)
     good = {id(pad) for pad, _ in pairs}
     for side in (size, size + 13):
