@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mobilenetv2.benchmark.report import format_markdown, make_report
 from mobilenetv2.benchmark.timing import UNTIMED_RUNS, WARMUP_RUNS, Timings, time_interleaved
@@ -109,3 +110,47 @@ def test_bench_quick_json(capsys, tmp_path) -> None:
     # 2 x the multiply-adds of width 0.35 at 64x64 (`profile`, cross-checked in test_profile)
     assert report["flops_per_image"] == 2 * 6_015_168
     assert "| torchvision eager |" in md.read_text()
+
+
+def test_phone_runtimes_are_peers_in_the_targets() -> None:
+    """ExecuTorch on XNNPACK counts as a peer: when it is the fastest, it is the bar."""
+    def variant(name, kind, backend, precision):
+        return Variant(name, kind, backend, precision, lambda x: None)
+
+    variants = [variant("torchvision eager", "baseline", "torch", "fp32"),
+                variant("ours auto fp32", "auto", "auto", "fp32"),
+                variant("onnxruntime direct fp32", "peer", "onnxruntime", "fp32"),
+                variant("executorch xnnpack fp32", "phone", "executorch", "fp32")]
+    timings = {
+        "torchvision eager": _timings([10.0, 10.0], [100.0, 100.0]),
+        "ours auto fp32": _timings([3.0, 3.0], [300.0, 300.0]),
+        "onnxruntime direct fp32": _timings([4.0, 4.0], [200.0, 200.0]),
+        "executorch xnnpack fp32": _timings([2.0, 2.0], [400.0, 400.0]),
+    }
+    peak = CpuPeak(model="test", cores=2, ghz=2.0, flops_per_cycle=25, isa="test")
+    config = {"batch": 4, "rounds": 2, "runs": 2, "batch_runs": 1, "size": 64}
+    report = make_report(config, variants, timings, "test model", 2, 10**8, peak,
+                         {"torch": "x"})
+    (target,) = report["targets"]
+    assert target["latency_ratio_vs_fastest_peer"] == pytest.approx(1.5)  # 3 / 2 ms
+    assert target["throughput_ratio_vs_fastest_peer"] == pytest.approx(0.75)  # 300 / 400
+    assert target["peers"] == ["onnxruntime direct fp32", "executorch xnnpack fp32"]
+    assert "fp32: onnxruntime direct fp32, executorch xnnpack fp32" in format_markdown(report)
+
+
+def test_benchmark_model_switches_padding_keeping_the_weights() -> None:
+    """Both padding modes are timed with the same real weights (issue 13)."""
+    from mobilenetv2.benchmark.variants import _with_padding, benchmark_model
+
+    base, what = benchmark_model(None, 0.35, 33)
+    assert base.config.padding == "symmetric" and "switched" not in what
+    model, what = benchmark_model(None, 0.35, 33, "tf_same")
+    assert model.config.padding == model.meta.config.padding == "tf_same"
+    assert "switched to tf_same" in what
+    switched = _with_padding(base, "tf_same")
+    for (k, a), b in zip(base.state_dict().items(), switched.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        # odd size, stride 2: TF SAME pads (0, 1) where symmetric pads (1, 1)
+        assert not torch.allclose(base(x), switched(x), atol=1e-4)

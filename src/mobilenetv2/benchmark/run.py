@@ -49,6 +49,8 @@ class BenchmarkConfig:
             base clock rather than the sustained all-core one).
         phone: Also time LiteRT and ExecuTorch (XNNPACK) on our .tflite / .pte exports
             where installed (ExecuTorch's lowering adds a minute or two).
+        padding: "symmetric" or "tf_same" to time the model with its stride-2 padding
+            switched (same weights; `benchmark.variants.benchmark_model`); None keeps it.
     """
 
     weights: str | None = None
@@ -61,6 +63,7 @@ class BenchmarkConfig:
     width: float = 1.0
     cpu_ghz: float | None = None
     phone: bool = True
+    padding: str | None = None
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchmarkConfig:
@@ -84,7 +87,7 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
     x1 = rng.standard_normal((1, 3, cfg.size, cfg.size), dtype=np.float32)
     xb = rng.standard_normal((cfg.batch, 3, cfg.size, cfg.size), dtype=np.float32)
     try:
-        model, what = benchmark_model(cfg.weights, cfg.width, cfg.size)
+        model, what = benchmark_model(cfg.weights, cfg.width, cfg.size, cfg.padding)
         with tempfile.TemporaryDirectory(prefix="mobilenetv2-bench-") as tmp:
             variants = build_variants(model, cfg.size, cfg.width, threads, Path(tmp),
                                       phone=cfg.phone)

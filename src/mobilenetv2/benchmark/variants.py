@@ -69,14 +69,39 @@ def random_model(config: ModelConfig, size: int | None = None,
     return model
 
 
-def benchmark_model(weights: str | None, width: float, size: int) -> tuple[MobileNetV2, str]:
-    """The model to time and how the report describes it."""
+def benchmark_model(weights: str | None, width: float, size: int,
+                    padding: str | None = None) -> tuple[MobileNetV2, str]:
+    """The model to time and how the report describes it.
+
+    `padding` ("symmetric" or "tf_same") switches the loaded model's stride-2 padding, same
+    weights: the runtimes run the two modes differently (a TF-converted model's asymmetric
+    SAME padding is a `Pad` or asymmetric `pads` in ONNX), so a benchmark covers both with
+    real weights. The switched model's outputs are not the original's; it is timed only.
+    """
     if weights is not None:
         from mobilenetv2.weights import load_weights
 
-        return load_weights(weights).eval(), f"weights {weights}"
-    model = random_model(ModelConfig(width=width, resolution=max(size, 32)), size)
-    return model, f"width {width}, random weights with re-estimated BatchNorm statistics"
+        model, what = load_weights(weights).eval(), f"weights {weights}"
+    else:
+        model = random_model(ModelConfig(width=width, resolution=max(size, 32)), size)
+        what = f"width {width}, random weights with re-estimated BatchNorm statistics"
+    if padding is not None and padding != model.config.padding:
+        model = _with_padding(model, padding)
+        what += f", padding switched to {padding} (timing only)"
+    return model, f"{what}; padding {model.config.padding}"
+
+
+def _with_padding(model: MobileNetV2, padding: str) -> MobileNetV2:
+    """`model` with its config's padding replaced (same parameters and metadata)."""
+    from dataclasses import replace
+
+    config = replace(model.config, padding=padding)
+    out = MobileNetV2(config)
+    out.load_state_dict(model.state_dict())
+    meta = getattr(model, "meta", None)
+    if meta is not None:
+        out.meta = replace(meta, config=config)
+    return out.eval()
 
 
 def versions() -> dict[str, str]:
@@ -166,13 +191,22 @@ def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
                                     threads=threads)
         variants.append(Variant(f"ours {backend} {precision}", "ours", backend, precision,
                                 sess))
+    phone_rows: list[Variant] = []
+    if phone:
+        calib = torch.randn(32, 3, size, size, generator=gen).numpy()
+        phone_rows = phone_variants(model, size, threads, work, calib)
     for precision in precisions:
+        # auto races every runtime it has a file for, as a user's session with those exports
+        # beside the weights does: the ExecuTorch program where there is one (XNNPACK ran
+        # MobileNetV2 ahead of ONNX Runtime and OpenVINO on some CPUs, issue 13)
+        pte = work / f"model.{precision}.pte"
+        pte_file = pte if pte.is_file() else None
         try:
-            if precision == "int8":
+            if precision == "int8" and pte_file is None:
                 sess = InferenceSession(int8, precision=precision, threads=threads)
             else:
                 sess = InferenceSession(model, precision=precision, threads=threads,
-                                        onnx_file=fp32)
+                                        onnx_file=files[precision], phone_file=pte_file)
         except UserError as e:
             log.warning("no auto path for %s: %s", precision, e)
             continue
@@ -183,10 +217,7 @@ def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
                 variants.append(Variant(f"{backend} direct {precision}", "peer", backend,
                                         precision, _peer(backend, files[precision], precision,
                                                          threads)))
-    if phone:
-        calib = torch.randn(32, 3, size, size, generator=gen).numpy()
-        variants += phone_variants(model, size, threads, work, calib)
-    return variants
+    return variants + phone_rows
 
 
 def phone_variants(model: MobileNetV2, size: int, threads: int, work: Path,
