@@ -150,7 +150,7 @@ def test_benchmark_model_switches_padding_keeping_the_weights() -> None:
     switched = _with_padding(base, "tf_same")
     for (k, a), b in zip(base.state_dict().items(), switched.state_dict().values()):
         assert torch.equal(a, b), k
-    x = torch.randn(1, 3, 33, 33)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        # odd size, stride 2: TF SAME pads (0, 1) where symmetric pads (1, 1)
+        # even size, stride 2: TF SAME pads (0, 1) where symmetric pads (1, 1)
         assert not torch.allclose(base(x), switched(x), atol=1e-4)
