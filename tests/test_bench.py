@@ -52,10 +52,11 @@ def _timings(b1_ms: list[float], ips: list[float]) -> Timings:
     return Timings(batch1=[[t / 1e3, t / 1e3] for t in b1_ms], images_per_s=ips)
 
 
-def test_report_ratios_are_per_round_medians() -> None:
-    def variant(name, kind, backend, precision):
-        return Variant(name, kind, backend, precision, lambda x: None)
+def variant(name: str, kind: str, backend: str, precision: str) -> Variant:
+    return Variant(name, kind, backend, precision, lambda x: None)
 
+
+def test_report_ratios_are_per_round_medians() -> None:
     variants = [variant("torchvision eager", "baseline", "torch", "fp32"),
                 variant("ours auto fp32", "auto", "auto", "fp32"),
                 variant("onnxruntime direct fp32", "peer", "onnxruntime", "fp32"),
@@ -114,9 +115,6 @@ def test_bench_quick_json(capsys, tmp_path) -> None:
 
 def test_phone_runtimes_are_peers_in_the_targets() -> None:
     """ExecuTorch on XNNPACK counts as a peer: when it is the fastest, it is the bar."""
-    def variant(name, kind, backend, precision):
-        return Variant(name, kind, backend, precision, lambda x: None)
-
     variants = [variant("torchvision eager", "baseline", "torch", "fp32"),
                 variant("ours auto fp32", "auto", "auto", "fp32"),
                 variant("onnxruntime direct fp32", "peer", "onnxruntime", "fp32"),
