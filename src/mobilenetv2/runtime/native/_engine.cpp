@@ -26,7 +26,6 @@
 
 namespace {
 
-constexpr int CP = 16;  // channel padding: a multiple of every ISA's vector width
 constexpr int KIND_STEM = 0, KIND_EXPAND = 1, KIND_DIRECT = 2;
 
 inline int pad_to(int n, int m) { return (n + m - 1) / m * m; }
@@ -300,9 +299,9 @@ void plan_shape(Engine* e, int H, int W) {
     p.cin = B.cin;
     p.hid = B.hid;
     p.cout = B.cout;
-    p.cin_p = pad_to(B.cin, CP);
-    p.hid_p = pad_to(B.hid, CP);
-    p.cout_p = pad_to(B.cout, CP);
+    p.cin_p = pad_to(B.cin, vw);
+    p.hid_p = pad_to(B.hid, vw);
+    p.cout_p = pad_to(B.cout, vw);
     p.stride = B.stride;
     p.dil = B.dil;
     p.residual = B.residual;
@@ -334,8 +333,8 @@ void plan_shape(Engine* e, int H, int W) {
     // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
     // section 5.1's "t" slices), at least two vectors so the micro-kernel has work.
     const long row = (long)p.win * 4 * p.ring;
-    int cs = (int)((32 * 1024) / std::max(row, 1L)) / CP * CP;
-    cs = std::max(cs, std::max(CP, 2 * vw));
+    int cs = (int)((32 * 1024) / std::max(row, 1L)) / vw * vw;
+    cs = std::max(cs, 2 * vw);
     p.cs = std::min(cs, p.hid_p);
     const long s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) +
                    (long)p.wout * p.cs;
@@ -347,9 +346,9 @@ void plan_shape(Engine* e, int H, int W) {
     w = p.wout;
   }
   HeadPlan& hp = e->head;
-  hp.cin_p = pad_to(e->head_cin, CP);
+  hp.cin_p = pad_to(e->head_cin, vw);
   hp.cout = e->head_cout;
-  hp.cout_p = pad_to(e->head_cout, CP);
+  hp.cout_p = pad_to(e->head_cout, vw);
   hp.classes = e->classes;
   hp.wh = e->wh->p;
   hp.bh = e->bh->p;
@@ -522,7 +521,7 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
       PyErr_SetString(PyExc_ValueError, "unsupported block geometry");
       return -1;
     }
-    const int cin_p = pad_to(B.cin, CP), hid_p = pad_to(B.hid, CP), cout_p = pad_to(B.cout, CP);
+    const int cin_p = pad_to(B.cin, vw), hid_p = pad_to(B.hid, vw), cout_p = pad_to(B.cout, vw);
     View we, be, wsv, bsv, wd, bd, wp, bp;
     if (B.kind == KIND_EXPAND) {
       if (!we.get(PyTuple_GET_ITEM(ws, 0), false, "weights") ||
@@ -575,7 +574,7 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
     PyErr_SetString(PyExc_ValueError, "head/classifier weight shape");
     return -1;
   }
-  const int hcin_p = pad_to(e->head_cin, CP), hcout_p = pad_to(e->head_cout, CP);
+  const int hcin_p = pad_to(e->head_cin, vw), hcout_p = pad_to(e->head_cout, vw);
   pack_pw(vh.f(), e->head_cout, e->head_cin, hcout_p, hcin_p, vw, *e->wh);
   pack_bias(vbh.f(), e->head_cout, hcout_p, *e->bh);
   e->wf->reserve((size_t)e->classes * hcout_p);
@@ -617,7 +616,7 @@ PyObject* engine_run(Engine* e, PyObject* args) {
     oom = !(*e->lanes_a)[l].reserve(e->act_a) || !(*e->lanes_b)[l].reserve(e->act_b);
   for (int t = 0; t < T && !oom; ++t)
     oom = !(*e->scratch)[t].reserve(e->scratch_floats) ||
-          !(*e->pooled)[t].reserve(pad_to(e->head_cout, CP));
+          !(*e->pooled)[t].reserve(pad_to(e->head_cout, e->k->vw));
   if (!oom) {
     const float* img = x.f();
     float* logits = static_cast<float*>(o.b.buf);
