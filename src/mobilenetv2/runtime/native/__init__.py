@@ -182,6 +182,14 @@ class NativeEngine:
         figure."""
         return int(self._engine.memory_bytes())
 
+    def profile(self, x: np.ndarray) -> list[float]:
+        """Seconds each fused block takes, then the head + pool + classifier, for one image
+        (batch 1; every thread meets at a barrier after each, so these are wall times)."""
+        self(x)  # checks the input, plans the shape, allocates
+        out = np.empty((1, self.num_classes), np.float32)
+        ends = self._engine.run(np.ascontiguousarray(x), out, True)
+        return [b - a for a, b in zip([0.0, *ends[:-1]], ends)]
+
     def __call__(self, x: Any) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 (N, 3, H, W) batch."""
         if isinstance(x, torch.Tensor):

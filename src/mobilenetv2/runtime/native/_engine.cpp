@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -366,7 +367,16 @@ void plan_shape(Engine* e, int H, int W) {
 
 // One image, all layers, rows split over the pool's threads (batch 1), or, with `solo`, the
 // whole image on the calling thread (large batches: one image per thread, no barriers).
-void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane) {
+// `times` (thread 0, when profiling): seconds since the start at the end of each layer.
+double now_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
+               double* times = nullptr) {
+  const double t0 = times ? now_s() : 0.0;
   const int T = solo ? 1 : e->threads;
   const int me = solo ? 0 : tid;
   const auto& plans = *e->plans;
@@ -379,6 +389,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
     e->k->block(p, in, out, r0, r1, scr);
     if (!solo) e->pool->barrier();
+    if (times) times[i] = now_s() - t0;
     in = out;
   }
   const HeadPlan& hp = e->head;
@@ -396,6 +407,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   const int j0 = (int)((long)hp.classes * me / T), j1 = (int)((long)hp.classes * (me + 1) / T);
   e->k->fc(hp, mine, j0, j1, logits);
   if (!solo) e->pool->barrier();  // the next image reuses the pools and activations
+  if (times) times[plans.size()] = now_s() - t0;
 }
 
 // ------------------------------------------------------------------ Python type
@@ -590,10 +602,12 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   return 0;
 }
 
-// run(x [N][3][H][W] float32, out [N][classes] float32)
+// run(x [N][3][H][W] float32, out [N][classes] float32, profile=False): with `profile`
+// (batch 1), the seconds from the start to the end of each block and of head + classifier.
 PyObject* engine_run(Engine* e, PyObject* args) {
   PyObject *xo, *oo;
-  if (!PyArg_ParseTuple(args, "OO", &xo, &oo)) return nullptr;
+  int profile = 0;
+  if (!PyArg_ParseTuple(args, "OO|p", &xo, &oo, &profile)) return nullptr;
   View x, o;
   if (!x.get(xo, false, "the input") || !o.get(oo, true, "the output")) return nullptr;
   if (x.b.ndim != 4 || x.b.shape[1] != 3)
@@ -605,6 +619,12 @@ PyObject* engine_run(Engine* e, PyObject* args) {
   if (!e->busy->compare_exchange_strong(expected, true))
     return fail("this NativeEngine is running in another thread: use one engine per thread");
   bool oom = false;
+  if (profile && N != 1) {
+    e->busy->store(false);
+    return fail("profile runs batch 1");
+  }
+  std::vector<double> times(e->blocks->size() + 1, 0.0);
+  double* tp = profile ? times.data() : nullptr;
   Py_BEGIN_ALLOW_THREADS;
   if (e->pool && e->pool->fork_gen != g_fork_generation.load()) e->pool = nullptr;  // forked
   if (!e->pool) e->pool = new Pool(e->threads);
@@ -628,17 +648,22 @@ PyObject* engine_run(Engine* e, PyObject* args) {
         e->pool->barrier();
       } else if (T == 1) {
         for (int i = 0; i < N; ++i)
-          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0);
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, tp);
         return;
       }
       for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
-        run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0);
+        run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
+                  tid == 0 ? tp : nullptr);
     });
   }
   Py_END_ALLOW_THREADS;
   e->busy->store(false);
   if (oom) return PyErr_NoMemory();
-  Py_RETURN_NONE;
+  if (!profile) Py_RETURN_NONE;
+  PyObject* out = PyList_New((Py_ssize_t)times.size());
+  for (size_t i = 0; i < times.size(); ++i)
+    PyList_SET_ITEM(out, (Py_ssize_t)i, PyFloat_FromDouble(times[i]));
+  return out;
 }
 
 // The engine's working memory now allocated: activations (ping-pong bottleneck buffers per
