@@ -357,7 +357,7 @@ void plan_shape(Engine* e, int H, int W) {
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
-  e->tmp_floats = (long)w * hp.cout_p;
+  e->tmp_floats = std::max<long>(48L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -393,17 +393,15 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     in = out;
   }
   const HeadPlan& hp = e->head;
-  const int r0 = (int)((long)hp.h * me / T), r1 = (int)((long)hp.h * (me + 1) / T);
-  e->k->head(hp, in, r0, r1, scr, (*e->pooled)[tid].p);
+  // head channels split in whole vector blocks; every thread's sums go to one pooled vector
+  const int vw = e->k->vw, blocks = hp.cout_p / vw;
+  const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
+  float* pooled = (*e->pooled)[solo ? tid : 0].p;
+  e->k->head(hp, in, c0, c1, scr, pooled);
   if (!solo) e->pool->barrier();
-  // every thread sums the partial pools (tiny) into its own copy, then does its classes
-  float* mine = scr;  // the head's rows are done: reuse its scratch
+  float* mine = scr;  // the head is done: its scratch holds this thread's mean
   const float inv = 1.0f / (float)((long)hp.h * hp.w);
-  for (int c = 0; c < hp.cout_p; ++c) {
-    float s = 0.f;
-    for (int t = 0; t < T; ++t) s += (*e->pooled)[solo ? tid : t].p[c];
-    mine[c] = s * inv;
-  }
+  for (int c = 0; c < hp.cout_p; ++c) mine[c] = pooled[c] * inv;
   const int j0 = (int)((long)hp.classes * me / T), j1 = (int)((long)hp.classes * (me + 1) / T);
   e->k->fc(hp, mine, j0, j1, logits);
   if (!solo) e->pool->barrier();  // the next image reuses the pools and activations
