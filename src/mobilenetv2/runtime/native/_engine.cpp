@@ -338,7 +338,7 @@ void plan_shape(Engine* e, int H, int W) {
     cs = std::max(cs, 2 * vw);
     p.cs = std::min(cs, p.hid_p);
     const long s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) +
-                   (long)p.wout * p.cs;
+                   (long)p.wout * p.cs + (p.kind == KIND_STEM ? 27L * p.win : 0L);
     scr = std::max(scr, s);
     const long out_floats = (long)p.hout * p.wout * p.cout_p;
     if (i % 2 == 0) a = std::max(a, out_floats);
@@ -552,7 +552,7 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
         PyErr_SetString(PyExc_ValueError, "stem weight shape");
         return -1;
       }
-      pack_taps(wsv.f(), B.hid, 27, hid_p, B.ws);
+      pack_pw(wsv.f(), B.hid, 27, hid_p, 27, vw, B.ws);  // [hid][3*3*3]: a 1x1 over patches
       pack_bias(bsv.f(), B.hid, hid_p, B.bs);
     }
     if (!wd.get(PyTuple_GET_ITEM(ws, 4), false, "weights") ||
