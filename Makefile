@@ -13,7 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py builds the optional native engine (issue 13): a change to its sources rebuilds it.
+NATIVE_SRC := setup.py $(wildcard src/mobilenetv2/runtime/native/_engine.cpp src/mobilenetv2/runtime/native/_kernels.inc)
+
+$(STAMP): pyproject.toml $(NATIVE_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -67,3 +70,4 @@ readme-table: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -f src/mobilenetv2/runtime/native/_engine*.so

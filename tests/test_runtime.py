@@ -126,8 +126,10 @@ def test_fp32_backends_agree_with_pytorch(model, batch, backend) -> None:
 
 
 def test_a_session_runs_what_it_is_given(model, fp32_file) -> None:
-    # a module alone runs on torch: the session exports nothing
-    assert InferenceSession(model).backend == "torch"
+    # a module alone runs on a module backend (native where built, else torch): the session
+    # exports nothing
+    assert InferenceSession(model).backend == ("native" if backend_installed("native")
+                                               else "torch")
     first = next(b for b in AUTO_ORDER["fp32"] if backend_installed(b))
     assert InferenceSession(model, onnx_file=fp32_file).backend == first
     with pytest.raises(UserError, match="runs ONNX files"):
@@ -143,7 +145,15 @@ def test_auto_starts_on_the_first_installed(model, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert not backend_installed("onnxruntime")
     sess = open_session(model)
-    assert sess.backend in ("openvino", "torch") and sess.precision == "fp32"
+    assert sess.backend in ("native", "openvino", "torch") and sess.precision == "fp32"
+
+
+@pytest.fixture
+def without_native(monkeypatch):
+    """The fake-runner races below are about the peer runtimes: the real native engine (an
+    extra fp32 entrant where built) sits them out, as if not built."""
+    monkeypatch.setitem(BACKENDS, "native", dataclasses.replace(
+        BACKENDS["native"], unavailable=lambda: "disabled in this test"))
 
 
 class FakeClock:
@@ -212,7 +222,7 @@ def test_race_is_not_fooled_by_one_outlier() -> None:
     assert winner == "a" and typical == pytest.approx({"a": 0.003, "b": 0.004})
 
 
-def test_auto_session_races_each_shape_once(model, tmp_path, monkeypatch) -> None:
+def test_auto_session_races_each_shape_once(model, tmp_path, monkeypatch, without_native) -> None:
     """fp32 auto starts on ONNX Runtime and races OpenVINO; fake runners whose speed the test
     sets decide, so the winner is the faster one, not the first installed."""
     clock = FakeClock()
@@ -441,7 +451,7 @@ def _fake_backends(monkeypatch, clock: FakeClock, speed: dict[str, float]) -> No
             BACKENDS[name], package="numpy", build=build))
 
 
-def test_phone_runtimes_join_the_auto_race(model, tmp_path, monkeypatch) -> None:
+def test_phone_runtimes_join_the_auto_race(model, tmp_path, monkeypatch, without_native) -> None:
     """Weights with a .pte beside them: ExecuTorch races ONNX Runtime and OpenVINO, wins
     when fastest, sits out a shape its program cannot run, and the winner is cached per
     shape and machine; without the file, or without the package, it is not raced."""
@@ -484,3 +494,29 @@ def test_race_fails_only_when_every_runner_fails() -> None:
     assert winner == "b" and list(typical) == ["b"]
     with pytest.raises(RuntimeError, match="cannot run this shape"):
         race({"a": broken, "b": broken}, x, clock=clock)
+
+
+def test_native_races_the_two_best_runtimes(model, tmp_path, monkeypatch) -> None:
+    """Where built, the native engine starts fp32 `auto` and races ONNX Runtime and OpenVINO
+    (an extra entrant: the two runtimes still race each other); the fastest wins."""
+    clock = FakeClock()
+    speed = {"native": 0.004, "onnxruntime": 0.005, "openvino": 0.003}
+    _fake_backends(monkeypatch, clock, speed)
+    monkeypatch.setitem(BACKENDS, "native", dataclasses.replace(
+        BACKENDS["native"], unavailable=lambda: ""))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"fake")
+    sess = InferenceSession(model, onnx_file=onnx)
+    sess.clock = clock
+    assert sess.backend == "native" and sess._alternates == ["onnxruntime", "openvino"]
+    x = np.zeros((1, 3, 96, 96), np.float32)
+    assert (sess(x) == 3.0).all() and sess.chosen[x.shape] == "openvino"
+    speed["native"] = 0.001
+    two = np.zeros((2, 3, 96, 96), np.float32)
+    assert (sess(two) == 1.0).all() and sess.chosen[two.shape] == "native"
+    # not built (or no kernels for this CPU): not raced, and asked for, one clear line
+    monkeypatch.setitem(BACKENDS, "native", dataclasses.replace(
+        BACKENDS["native"], unavailable=lambda: "the native backend is unavailable (test)"))
+    assert InferenceSession(model, onnx_file=onnx).backend == "onnxruntime"
+    with pytest.raises(UserError, match=r"^the native backend is unavailable \(test\)$"):
+        InferenceSession(model, backend="native")

@@ -39,6 +39,7 @@ from mobilenetv2.runtime.session import (
     INT8_NEEDS_A_QUANTIZED_MODEL,
     InferenceSession,
     choose_backends,
+    refused_backends,
 )
 from mobilenetv2.weights.hub import cache_dir
 
@@ -77,7 +78,8 @@ def open_session(
 
         model = load_weights(str(model))
     names = choose_backends(backend, precision, module=True, onnx=True,
-                            files=frozenset(PHONE_SUFFIXES.values()))
+                            files=frozenset(PHONE_SUFFIXES.values()),
+                            refused=refused_backends(model))
     if BACKENDS[names[0]].runs in PHONE_SUFFIXES.values():
         return _phone_session(model, names[0], precision, threads, calib, input_size)
     if all(BACKENDS[n].runs != "onnx" for n in names):

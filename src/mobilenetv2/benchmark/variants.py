@@ -178,12 +178,13 @@ def build_variants(model: MobileNetV2, size: int, width: float, threads: int,
                   and files[p] is not None]
     variants = [Variant("torchvision eager", "baseline", "torch", "fp32",
                         _torchvision(width, size))]
-    plan = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+    plan = [("native", "fp32"), ("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"),
+            ("openvino", "fp32"),
             ("openvino", "bf16"), ("onnxruntime", "int8"), ("openvino", "int8")]
     for backend, precision in plan:
         if precision not in precisions or not backend_installed(backend):
             continue
-        if backend == "torch":
+        if backend in ("native", "torch"):  # the module backends
             sess = InferenceSession(model, backend=backend, precision=precision,
                                     threads=threads)
         else:

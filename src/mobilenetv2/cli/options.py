@@ -117,8 +117,8 @@ SHARED: dict[str, Option] = {
     ),
     # The runtime options (cli.backend.RuntimeArgs): which engine runs the model, how.
     "backend": Option(
-        help="runtime", choices=("auto", "torch", "onnxruntime", "openvino", "litert",
-                                 "executorch"),
+        help="runtime", choices=("auto", "native", "torch", "onnxruntime", "openvino",
+                                 "litert", "executorch"),
         default_help="auto, the fastest installed for the precision",
     ),
     "precision": Option(help="arithmetic actually used", choices=("fp32", "bf16", "int8")),

@@ -68,6 +68,10 @@ class Backend:
         runs: "module" (a PyTorch `nn.Module`), "onnx" (an ONNX file), "tflite" or "pte"
             (the phone formats, `runtime.phone`).
         build: `build(source, precision, threads) -> Runner`, `source` a module or a path.
+        unavailable: For a backend that ships with this package: `() -> reason` it cannot run
+            here ("" when it can); None: installed means its package imports.
+        accepts: For a "module" backend that runs only some networks: `(module) -> bool`
+            (`auto` skips it for the others; asked explicitly, it says why in one line).
     """
 
     name: str
@@ -75,10 +79,15 @@ class Backend:
     precisions: tuple[str, ...]
     runs: str
     build: Callable[[Any, str, int | None], Runner]
+    unavailable: Callable[[], str] | None = None
+    accepts: Callable[[Any], bool] | None = None
 
 
 def backend_installed(name: str) -> bool:
-    """True when the backend's package imports."""
+    """True when the backend can run here: its package imports (and it is ready)."""
+    spec = BACKENDS[name]
+    if spec.unavailable is not None:
+        return not spec.unavailable()
     try:
         importlib.import_module(BACKENDS[name].package)
     except ImportError:
@@ -205,6 +214,28 @@ def _torch_runner(module: nn.Module, precision: str, threads: int | None) -> Run
     return run
 
 
+# ----------------------------------------------------------------------- native
+def _native_unavailable() -> str:
+    from mobilenetv2.runtime import native
+
+    if not native.AVAILABLE:
+        return native.UNAVAILABLE
+    return "" if native.cpu_isas() else "the native backend has no kernels for this CPU"
+
+
+def _native_accepts(module: Any) -> bool:
+    from mobilenetv2.model.classifier import MobileNetV2
+
+    return isinstance(module, MobileNetV2) and not module.arch.blocks[0].has_expand
+
+
+def _native_runner(module: nn.Module, precision: str, threads: int | None) -> Runner:
+    """The fused inverted-residual engine (`runtime.native`), BN folded, weights packed once."""
+    from mobilenetv2.runtime.native import NativeEngine
+
+    return NativeEngine(module, threads=threads)
+
+
 def _phone_runner(kind: str) -> Callable[[Any, str, int | None], Runner]:
     """LiteRT or ExecuTorch on XNNPACK (`runtime.phone`, imported when first used)."""
 
@@ -217,6 +248,8 @@ def _phone_runner(kind: str) -> Callable[[Any, str, int | None], Runner]:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("native", "mobilenetv2", ("fp32",), "module", _native_runner,
+            unavailable=_native_unavailable, accepts=_native_accepts),
     Backend("torch", "torch", ("fp32", "bf16"), "module", _torch_runner),
     Backend("onnxruntime", "onnxruntime", ("fp32", "int8"), "onnx", _onnxruntime_runner),
     Backend("openvino", "openvino", ("fp32", "bf16", "int8"), "onnx", _openvino_runner),
@@ -228,7 +261,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             _phone_runner("executorch")),
 )}
 AUTO_ORDER = {
-    "fp32": ("onnxruntime", "openvino", "torch"),
+    "fp32": ("native", "onnxruntime", "openvino", "torch"),
     "bf16": ("openvino", "torch"),
     "int8": ("openvino", "onnxruntime"),
 }

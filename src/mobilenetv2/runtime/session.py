@@ -42,7 +42,8 @@ from mobilenetv2.runtime.backends import (
 from mobilenetv2.runtime.phone import PHONE_SUFFIXES
 from mobilenetv2.runtime.race_cache import RaceCache
 
-__all__ = ["INT8_NEEDS_A_QUANTIZED_MODEL", "InferenceSession", "choose_backends", "race"]
+__all__ = ["INT8_NEEDS_A_QUANTIZED_MODEL", "InferenceSession", "choose_backends", "race",
+           "refused_backends"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
-                    files: frozenset[str] = frozenset()) -> list[str]:
+                    files: frozenset[str] = frozenset(),
+                    refused: frozenset[str] = frozenset()) -> list[str]:
     """The backend a session starts on, then (for "auto") the one it races it against.
 
     Args:
@@ -67,6 +69,8 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
         onnx: An ONNX file in this precision is available (the ONNX backends can run).
         files: Kinds of phone file available ("tflite", "pte"; `runtime.phone`): `auto`
             runs such a file in its own runtime.
+        refused: Backends that cannot run this particular module (`Backend.accepts`):
+            `auto` leaves them out.
 
     Raises:
         UserError: The backend cannot run the precision or the sources, or is not installed.
@@ -74,6 +78,8 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
     _check_choice("backend", backend, ("auto", *BACKENDS))
     _check_choice("precision", precision, PRECISIONS)
     candidates = AUTO_ORDER[precision] if backend == "auto" else (backend,)
+    if backend == "auto":
+        candidates = tuple(b for b in candidates if b not in refused)
     if backend == "auto" and files and not module and not onnx:
         candidates = tuple(b for b in BACKENDS if BACKENDS[b].runs in files)
     phone = backend != "auto" and BACKENDS[backend].runs not in ("module", "onnx")
@@ -88,6 +94,8 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
             hint = ", ".join(b for b in BACKENDS if precision in BACKENDS[b].precisions)
             raise UserError(f"backend {backend} cannot run {precision} "
                             f"(backends for {precision}: {hint})")
+        if BACKENDS[backend].unavailable is not None and BACKENDS[backend].unavailable():
+            raise UserError(BACKENDS[backend].unavailable())
         if not backend_installed(backend):
             raise UserError(f"backend {backend} is not installed (pip install "
                             f"{BACKENDS[backend].package}); installed: "
@@ -113,7 +121,16 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
         raise UserError(f"no installed backend runs {precision} (tried "
                         f"{', '.join(candidates)}; pip install "
                         f"{BACKENDS[candidates[0]].package})")
-    return installed[:2] + _phone_entrants(precision, files, installed[:2])
+    # The native engine races as an extra entrant: the two best runtimes still race each
+    # other (which of ONNX Runtime and OpenVINO wins changes from run to run, see above).
+    racing = installed[:3] if installed[0] == "native" else installed[:2]
+    return racing + _phone_entrants(precision, files, racing)
+
+
+def refused_backends(module: nn.Module) -> frozenset[str]:
+    """Backends that cannot run this module (`Backend.accepts`; `choose_backends(refused=)`)."""
+    return frozenset(b for b, spec in BACKENDS.items()
+                     if spec.accepts is not None and not spec.accepts(module))
 
 
 def _phone_entrants(precision: str, files: frozenset[str], racing: list[str]) -> list[str]:
@@ -240,8 +257,10 @@ class InferenceSession:
         self.precision = precision
         files = frozenset() if self.phone_path is None else frozenset(
             {PHONE_SUFFIXES[self.phone_path.suffix.lower()]})
+        refused = frozenset() if self.module is None else refused_backends(self.module)
         names = choose_backends(backend, precision, module=self.module is not None,
-                                onnx=self.onnx_path is not None, files=files)
+                                onnx=self.onnx_path is not None, files=files,
+                                refused=refused)
         self.backend = names[0]
         self._alternates = names[1:]
         self._run = self._build(self.backend)

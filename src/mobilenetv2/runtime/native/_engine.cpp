@@ -1,0 +1,731 @@
+// mobilenetv2's native fp32 engine: MobileNetV2 as one call, each inverted residual a fused
+// operator computed over rows and channel slices (paper section 5.1), so the 6x-wide expanded
+// tensor never exists whole. Plain CPython C API and the buffer protocol (no pybind11, no
+// numpy headers): the build needs a C++17 compiler and nothing else (setup.py says why).
+//
+// Python side: mobilenetv2/runtime/native/__init__.py (NativeEngine) flattens a BN-folded
+// classifier into the `spec` this module's Engine takes; the kernels are in _kernels.inc.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int KIND_STEM = 0, KIND_EXPAND = 1, KIND_DIRECT = 2;
+
+inline int pad_to(int n, int m) { return (n + m - 1) / m * m; }
+
+// Everything one fused block needs at run time: weights (packed for the ISA's width) and the
+// geometry of the current input size.
+struct BlockPlan {
+  int kind, cin, hid, cout, cin_p, hid_p, cout_p, stride, dil;
+  bool residual;
+  const float *we, *be, *ws, *bs, *wd, *bd, *wp, *bp;
+  int s_stride, s_dil;  // the stem's, when kind == KIND_STEM
+  // per input size
+  int hin, win, hout, wout, padt, padl;
+  int img_h, img_w, s_padt, s_padl;
+  int ring, cs;
+};
+
+struct HeadPlan {
+  int cin_p, cout, cout_p, classes;
+  const float *wh, *bh, *wf, *bf;
+  int h, w;
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------ the kernels, per ISA
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace isa_avx512 {
+#define VW 16
+#include "_kernels.inc"
+#undef VW
+}  // namespace isa_avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#define VW 8
+#include "_kernels.inc"
+#undef VW
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#endif
+
+namespace isa_generic {  // SSE2 on x86-64, the compiler's baseline elsewhere
+#define VW 4
+#include "_kernels.inc"
+#undef VW
+}  // namespace isa_generic
+
+namespace {
+
+struct Kernels {
+  const char* name;
+  int vw;
+  void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
+  void (*head)(const HeadPlan&, const float*, int, int, float*, float*);
+  void (*fc)(const HeadPlan&, const float*, int, int, float*);
+};
+
+const Kernels KERNELS[] = {
+#if defined(__x86_64__) || defined(__i386__)
+    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_fc},
+    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_fc},
+#endif
+    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_fc},
+};
+
+bool isa_supported(const std::string& name) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (name == "avx512") return __builtin_cpu_supports("avx512f");
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return name == "generic";
+}
+
+// ------------------------------------------------------------------ aligned float buffers
+struct Buf {
+  float* p = nullptr;
+  size_t n = 0;
+  Buf() = default;
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { free(p); }
+  bool reserve(size_t count) {  // zero-filled; keeps the buffer when large enough
+    if (count <= n && p) return true;
+    free(p);
+    p = nullptr;
+    n = 0;
+    void* q = nullptr;
+    if (posix_memalign(&q, 64, std::max<size_t>(count, 1) * sizeof(float)) != 0) return false;
+    p = static_cast<float*>(q);
+    n = count;
+    memset(p, 0, count * sizeof(float));
+    return true;
+  }
+  size_t bytes() const { return n * sizeof(float); }
+};
+
+// ------------------------------------------------------------------ the thread pool
+// The caller's thread is worker 0; threads - 1 std::threads wait for a job. Between layers
+// the workers meet at a spinning barrier (a condition variable's wake-up costs tens of
+// microseconds, a whole layer at batch 1 a few hundred). After a fork the child has none
+// of the parent's threads: the pool notices (fork generation) and starts fresh ones,
+// abandoning the old pool's memory rather than touching its possibly locked mutexes.
+std::atomic<unsigned> g_fork_generation{0};
+void on_fork_child() { g_fork_generation.fetch_add(1); }
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+struct Pool {
+  int threads;
+  unsigned fork_gen;
+  std::vector<std::thread> workers;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::atomic<unsigned> job_gen{0};
+  std::atomic<int> done{0};
+  std::atomic<bool> stop{false};
+  std::function<void(int)> job;
+  // barrier
+  std::atomic<int> arrived{0};
+  std::atomic<unsigned> phase{0};
+
+  explicit Pool(int n) : threads(n), fork_gen(g_fork_generation.load()) {
+    for (int t = 1; t < n; ++t) workers.emplace_back([this, t] { loop(t); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop.store(true);
+    }
+    cv.notify_all();
+    for (auto& w : workers) w.join();
+  }
+  void loop(int tid) {
+    unsigned seen = 0;
+    for (;;) {
+      // spin briefly for the next job (back-to-back forwards), then sleep
+      for (int i = 0; i < 20000 && job_gen.load(std::memory_order_acquire) == seen &&
+                      !stop.load(std::memory_order_relaxed);
+           ++i)
+        cpu_relax();
+      if (job_gen.load(std::memory_order_acquire) == seen) {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stop.load() || job_gen.load() != seen; });
+      }
+      if (stop.load()) return;
+      seen = job_gen.load(std::memory_order_acquire);
+      job(tid);
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+  void run(const std::function<void(int)>& fn) {
+    if (threads == 1) {
+      fn(0);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      job = fn;
+      done.store(0);
+      job_gen.fetch_add(1, std::memory_order_acq_rel);
+    }
+    cv.notify_all();
+    fn(0);
+    int spins = 0;
+    while (done.load(std::memory_order_acquire) != threads - 1) {
+      if (++spins < 20000) cpu_relax();
+      else sched_yield();
+    }
+  }
+  void barrier() {
+    if (threads == 1) return;
+    const unsigned ph = phase.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      phase.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    int spins = 0;
+    while (phase.load(std::memory_order_acquire) == ph) {
+      if (++spins < 20000) cpu_relax();
+      else sched_yield();
+    }
+  }
+};
+
+// ------------------------------------------------------------------ weights, packed
+struct BlockWeights {
+  int kind, cin, hid, cout, stride, dil, s_stride, s_dil;
+  bool residual;
+  Buf we, be, ws, bs, wd, bd, wp, bp;
+};
+
+// A 1x1 conv's weight [cout][cin] -> [cout_p / vw][cin_p][vw], the micro-kernel's order.
+void pack_pw(const float* w, int cout, int cin, int cout_p, int cin_p, int vw, Buf& out) {
+  out.reserve((size_t)cout_p * cin_p);
+  for (int o = 0; o < cout; ++o)
+    for (int i = 0; i < cin; ++i)
+      out.p[((size_t)(o / vw) * cin_p + i) * vw + o % vw] = w[(size_t)o * cin + i];
+}
+
+// A per-output-channel kernel [cout][taps] -> [taps][cout_p] (depthwise, stem).
+void pack_taps(const float* w, int cout, int taps, int cout_p, Buf& out) {
+  out.reserve((size_t)taps * cout_p);
+  for (int o = 0; o < cout; ++o)
+    for (int t = 0; t < taps; ++t) out.p[(size_t)t * cout_p + o] = w[(size_t)o * taps + t];
+}
+
+void pack_bias(const float* b, int n, int n_p, Buf& out) {
+  out.reserve(n_p);
+  memcpy(out.p, b, n * sizeof(float));
+}
+
+// TF "SAME" padding before the first pixel, or the symmetric one (model/layers.py).
+int pad_before(int size, int stride, int dil, bool tf_same) {
+  if (!tf_same || stride == 1) return dil;
+  const int out = (size + stride - 1) / stride;
+  const int total = std::max((out - 1) * stride + 2 * dil + 1 - size, 0);
+  return total / 2;
+}
+int conv_out(int size, int stride, int dil, int padb, bool tf_same) {
+  if (tf_same && stride > 1) return (size + stride - 1) / stride;
+  return (size + 2 * padb - 2 * dil - 1) / stride + 1;
+}
+
+struct Engine {
+  PyObject_HEAD
+  const Kernels* k;
+  int threads;
+  bool tf_same;
+  std::vector<BlockWeights>* blocks;
+  int head_cin, head_cout, classes;
+  Buf* wh;
+  Buf* bh;
+  Buf* wf;
+  Buf* bf;
+  Pool* pool;
+  // per-shape state
+  std::vector<BlockPlan>* plans;
+  HeadPlan head;
+  int cur_h, cur_w;
+  long act_a, act_b, scratch_floats, tmp_floats;  // floats per lane / per thread
+  std::vector<Buf>* lanes_a;
+  std::vector<Buf>* lanes_b;
+  std::vector<Buf>* scratch;  // per thread: ring + depthwise row, or the head's rows
+  std::vector<Buf>* pooled;   // per thread
+  std::atomic<bool>* busy;
+};
+
+void plan_shape(Engine* e, int H, int W) {
+  if (e->cur_h == H && e->cur_w == W) return;
+  auto& bw = *e->blocks;
+  auto& plans = *e->plans;
+  plans.assign(bw.size(), BlockPlan());
+  int h = H, w = W;
+  long a = 0, b = 0, scr = 0;
+  const int vw = e->k->vw;
+  for (size_t i = 0; i < bw.size(); ++i) {
+    const BlockWeights& B = bw[i];
+    BlockPlan& p = plans[i];
+    p.kind = B.kind;
+    p.cin = B.cin;
+    p.hid = B.hid;
+    p.cout = B.cout;
+    p.cin_p = pad_to(B.cin, vw);
+    p.hid_p = pad_to(B.hid, vw);
+    p.cout_p = pad_to(B.cout, vw);
+    p.stride = B.stride;
+    p.dil = B.dil;
+    p.residual = B.residual;
+    p.we = B.we.p;
+    p.be = B.be.p;
+    p.ws = B.ws.p;
+    p.bs = B.bs.p;
+    p.wd = B.wd.p;
+    p.bd = B.bd.p;
+    p.wp = B.wp.p;
+    p.bp = B.bp.p;
+    p.s_stride = B.s_stride;
+    p.s_dil = B.s_dil;
+    if (B.kind == KIND_STEM) {
+      p.img_h = h;
+      p.img_w = w;
+      p.s_padt = pad_before(h, B.s_stride, B.s_dil, e->tf_same);
+      p.s_padl = pad_before(w, B.s_stride, B.s_dil, e->tf_same);
+      h = conv_out(h, B.s_stride, B.s_dil, p.s_padt, e->tf_same);
+      w = conv_out(w, B.s_stride, B.s_dil, p.s_padl, e->tf_same);
+    }
+    p.hin = h;
+    p.win = w;
+    p.padt = pad_before(h, B.stride, B.dil, e->tf_same);
+    p.padl = pad_before(w, B.stride, B.dil, e->tf_same);
+    p.hout = conv_out(h, B.stride, B.dil, p.padt, e->tf_same);
+    p.wout = conv_out(w, B.stride, B.dil, p.padl, e->tf_same);
+    p.ring = 2 * B.dil + B.stride + 1;
+    // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
+    // section 5.1's "t" slices), at least two vectors so the micro-kernel has work.
+    const long row = (long)p.win * 4 * p.ring;
+    int cs = (int)((32 * 1024) / std::max(row, 1L)) / vw * vw;
+    cs = std::max(cs, 2 * vw);
+    p.cs = std::min(cs, p.hid_p);
+    const long s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) +
+                   (long)p.wout * p.cs + (p.kind == KIND_STEM ? 27L * p.win : 0L);
+    scr = std::max(scr, s);
+    const long out_floats = (long)p.hout * p.wout * p.cout_p;
+    if (i % 2 == 0) a = std::max(a, out_floats);
+    else b = std::max(b, out_floats);
+    h = p.hout;
+    w = p.wout;
+  }
+  HeadPlan& hp = e->head;
+  hp.cin_p = pad_to(e->head_cin, vw);
+  hp.cout = e->head_cout;
+  hp.cout_p = pad_to(e->head_cout, vw);
+  hp.classes = e->classes;
+  hp.wh = e->wh->p;
+  hp.bh = e->bh->p;
+  hp.wf = e->wf->p;
+  hp.bf = e->bf->p;
+  hp.h = h;
+  hp.w = w;
+  e->tmp_floats = std::max<long>(48L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
+  e->act_a = a;
+  e->act_b = b;
+  e->scratch_floats = std::max(scr, e->tmp_floats);
+  e->cur_h = H;
+  e->cur_w = W;
+}
+
+// One image, all layers, rows split over the pool's threads (batch 1), or, with `solo`, the
+// whole image on the calling thread (large batches: one image per thread, no barriers).
+// `times` (thread 0, when profiling): seconds since the start at the end of each layer.
+double now_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
+               double* times = nullptr) {
+  const double t0 = times ? now_s() : 0.0;
+  const int T = solo ? 1 : e->threads;
+  const int me = solo ? 0 : tid;
+  const auto& plans = *e->plans;
+  float* bufs[2] = {(*e->lanes_a)[lane].p, (*e->lanes_b)[lane].p};
+  float* scr = (*e->scratch)[tid].p;
+  const float* in = img;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const BlockPlan& p = plans[i];
+    float* out = bufs[i % 2];
+    const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
+    e->k->block(p, in, out, r0, r1, scr);
+    if (!solo) e->pool->barrier();
+    if (times) times[i] = now_s() - t0;
+    in = out;
+  }
+  const HeadPlan& hp = e->head;
+  // head channels split in whole vector blocks; every thread's sums go to one pooled vector
+  const int vw = e->k->vw, blocks = hp.cout_p / vw;
+  const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
+  float* pooled = (*e->pooled)[solo ? tid : 0].p;
+  e->k->head(hp, in, c0, c1, scr, pooled);
+  if (!solo) e->pool->barrier();
+  float* mine = scr;  // the head is done: its scratch holds this thread's mean
+  const float inv = 1.0f / (float)((long)hp.h * hp.w);
+  for (int c = 0; c < hp.cout_p; ++c) mine[c] = pooled[c] * inv;
+  const int j0 = (int)((long)hp.classes * me / T), j1 = (int)((long)hp.classes * (me + 1) / T);
+  e->k->fc(hp, mine, j0, j1, logits);
+  if (!solo) e->pool->barrier();  // the next image reuses the pools and activations
+  if (times) times[plans.size()] = now_s() - t0;
+}
+
+// ------------------------------------------------------------------ Python type
+PyObject* fail(const char* msg) {
+  PyErr_SetString(PyExc_ValueError, msg);
+  return nullptr;
+}
+
+struct View {  // a float32 C-contiguous buffer
+  Py_buffer b;
+  bool ok = false;
+  ~View() {
+    if (ok) PyBuffer_Release(&b);
+  }
+  bool get(PyObject* o, bool writable, const char* what) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, &b, flags) != 0) return false;
+    ok = true;
+    if (b.itemsize != 4 || !b.format || (strcmp(b.format, "f") != 0 &&
+                                         strcmp(b.format, "<f") != 0 &&
+                                         strcmp(b.format, "=f") != 0)) {
+      PyErr_Format(PyExc_ValueError, "%s must be float32", what);
+      return false;
+    }
+    return true;
+  }
+  const float* f() const { return static_cast<const float*>(b.buf); }
+  Py_ssize_t n() const { return b.len / 4; }
+};
+
+void engine_dealloc(Engine* e) {
+  // a pool inherited through fork has no threads in this process: leave it alone
+  if (e->pool && e->pool->fork_gen == g_fork_generation.load()) delete e->pool;
+  delete e->blocks;
+  delete e->wh;
+  delete e->bh;
+  delete e->wf;
+  delete e->bf;
+  delete e->plans;
+  delete e->lanes_a;
+  delete e->lanes_b;
+  delete e->scratch;
+  delete e->pooled;
+  delete e->busy;
+  Py_TYPE(e)->tp_free(reinterpret_cast<PyObject*>(e));
+}
+
+bool get_ints(PyObject* seq, int* out, int n) {
+  if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) != n) return false;
+  for (int i = 0; i < n; ++i) {
+    long v = PyLong_AsLong(PyTuple_GET_ITEM(seq, i));
+    if (v == -1 && PyErr_Occurred()) return false;
+    out[i] = (int)v;
+  }
+  return true;
+}
+
+// Engine(blocks, head, fc, threads, isa, tf_same)
+//   blocks: tuple of (ints, weights): ints = (kind, cin, hid, cout, stride, dil, residual,
+//     s_stride, s_dil); weights = (we, be, ws, bs, wd, bd, wp, bp), None where absent;
+//     we [hid][cin], ws [hid][3][3][3], wd [hid][9], wp [cout][hid]
+//   head: (cin, cout, wh [cout][cin], bh); fc: (classes, wf [classes][cout], bf)
+int engine_init(Engine* e, PyObject* args, PyObject*) {
+  PyObject *blocks, *head, *fc;
+  int threads, tf_same;
+  const char* isa;
+  if (!PyArg_ParseTuple(args, "O!O!O!isp", &PyTuple_Type, &blocks, &PyTuple_Type, &head,
+                        &PyTuple_Type, &fc, &threads, &isa, &tf_same))
+    return -1;
+  if (threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "threads must be >= 1");
+    return -1;
+  }
+  e->k = nullptr;
+  for (const Kernels& k : KERNELS)
+    if (isa == std::string(k.name)) e->k = &k;
+  if (!e->k || !isa_supported(isa)) {
+    PyErr_Format(PyExc_ValueError, "ISA %s is not available on this CPU", isa);
+    return -1;
+  }
+  const int vw = e->k->vw;
+  e->threads = threads;
+  e->tf_same = tf_same;
+  e->blocks = new std::vector<BlockWeights>(PyTuple_GET_SIZE(blocks));
+  e->wh = new Buf();
+  e->bh = new Buf();
+  e->wf = new Buf();
+  e->bf = new Buf();
+  e->plans = new std::vector<BlockPlan>();
+  e->lanes_a = new std::vector<Buf>(threads);
+  e->lanes_b = new std::vector<Buf>(threads);
+  e->scratch = new std::vector<Buf>(threads);
+  e->pooled = new std::vector<Buf>(threads);
+  e->busy = new std::atomic<bool>(false);
+  e->pool = nullptr;
+  e->cur_h = e->cur_w = -1;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(blocks); ++i) {
+    PyObject* item = PyTuple_GET_ITEM(blocks, i);
+    int v[9];
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+        !get_ints(PyTuple_GET_ITEM(item, 0), v, 9)) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad block spec");
+      return -1;
+    }
+    PyObject* ws = PyTuple_GET_ITEM(item, 1);
+    if (!PyTuple_Check(ws) || PyTuple_GET_SIZE(ws) != 8) {
+      PyErr_SetString(PyExc_ValueError, "bad block weights");
+      return -1;
+    }
+    BlockWeights& B = (*e->blocks)[i];
+    B.kind = v[0];
+    B.cin = v[1];
+    B.hid = v[2];
+    B.cout = v[3];
+    B.stride = v[4];
+    B.dil = v[5];
+    B.residual = v[6] != 0;
+    B.s_stride = v[7];
+    B.s_dil = v[8];
+    if (B.kind < 0 || B.kind > 2 || B.stride < 1 || B.dil < 1 || 2 * B.dil + B.stride + 1 > 64 ||
+        (B.residual && (B.stride != 1 || B.cin != B.cout)) ||
+        (B.kind == KIND_DIRECT && B.cin != B.hid) || (B.kind == KIND_STEM && i != 0)) {
+      PyErr_SetString(PyExc_ValueError, "unsupported block geometry");
+      return -1;
+    }
+    const int cin_p = pad_to(B.cin, vw), hid_p = pad_to(B.hid, vw), cout_p = pad_to(B.cout, vw);
+    View we, be, wsv, bsv, wd, bd, wp, bp;
+    if (B.kind == KIND_EXPAND) {
+      if (!we.get(PyTuple_GET_ITEM(ws, 0), false, "weights") ||
+          !be.get(PyTuple_GET_ITEM(ws, 1), false, "weights"))
+        return -1;
+      if (we.n() != (Py_ssize_t)B.hid * B.cin || be.n() != B.hid) {
+        PyErr_SetString(PyExc_ValueError, "expand weight shape");
+        return -1;
+      }
+      pack_pw(we.f(), B.hid, B.cin, hid_p, cin_p, vw, B.we);
+      pack_bias(be.f(), B.hid, hid_p, B.be);
+    }
+    if (B.kind == KIND_STEM) {
+      if (!wsv.get(PyTuple_GET_ITEM(ws, 2), false, "weights") ||
+          !bsv.get(PyTuple_GET_ITEM(ws, 3), false, "weights"))
+        return -1;
+      if (wsv.n() != (Py_ssize_t)B.hid * 27 || bsv.n() != B.hid) {
+        PyErr_SetString(PyExc_ValueError, "stem weight shape");
+        return -1;
+      }
+      pack_pw(wsv.f(), B.hid, 27, hid_p, 27, vw, B.ws);  // [hid][3*3*3]: a 1x1 over patches
+      pack_bias(bsv.f(), B.hid, hid_p, B.bs);
+    }
+    if (!wd.get(PyTuple_GET_ITEM(ws, 4), false, "weights") ||
+        !bd.get(PyTuple_GET_ITEM(ws, 5), false, "weights") ||
+        !wp.get(PyTuple_GET_ITEM(ws, 6), false, "weights") ||
+        !bp.get(PyTuple_GET_ITEM(ws, 7), false, "weights"))
+      return -1;
+    if (wd.n() != (Py_ssize_t)B.hid * 9 || bd.n() != B.hid ||
+        wp.n() != (Py_ssize_t)B.cout * B.hid || bp.n() != B.cout) {
+      PyErr_SetString(PyExc_ValueError, "depthwise/project weight shape");
+      return -1;
+    }
+    pack_taps(wd.f(), B.hid, 9, hid_p, B.wd);
+    pack_bias(bd.f(), B.hid, hid_p, B.bd);
+    pack_pw(wp.f(), B.cout, B.hid, cout_p, hid_p, vw, B.wp);
+    pack_bias(bp.f(), B.cout, cout_p, B.bp);
+  }
+  // head and classifier
+  PyObject *whv, *bhv, *wfv, *bfv;
+  if (!PyArg_ParseTuple(head, "iiOO", &e->head_cin, &e->head_cout, &whv, &bhv) ||
+      !PyArg_ParseTuple(fc, "iOO", &e->classes, &wfv, &bfv))
+    return -1;
+  View vh, vbh, vf, vbf;
+  if (!vh.get(whv, false, "weights") || !vbh.get(bhv, false, "weights") ||
+      !vf.get(wfv, false, "weights") || !vbf.get(bfv, false, "weights"))
+    return -1;
+  if (vh.n() != (Py_ssize_t)e->head_cin * e->head_cout || vbh.n() != e->head_cout ||
+      vf.n() != (Py_ssize_t)e->classes * e->head_cout || vbf.n() != e->classes) {
+    PyErr_SetString(PyExc_ValueError, "head/classifier weight shape");
+    return -1;
+  }
+  const int hcin_p = pad_to(e->head_cin, vw), hcout_p = pad_to(e->head_cout, vw);
+  pack_pw(vh.f(), e->head_cout, e->head_cin, hcout_p, hcin_p, vw, *e->wh);
+  pack_bias(vbh.f(), e->head_cout, hcout_p, *e->bh);
+  e->wf->reserve((size_t)e->classes * hcout_p);
+  for (int j = 0; j < e->classes; ++j)
+    memcpy(e->wf->p + (size_t)j * hcout_p, vf.f() + (size_t)j * e->head_cout,
+           e->head_cout * sizeof(float));
+  pack_bias(vbf.f(), e->classes, e->classes, *e->bf);
+  if (e->blocks->empty() || (*e->blocks)[0].kind != KIND_STEM ||
+      (*e->blocks).back().cout != e->head_cin) {
+    PyErr_SetString(PyExc_ValueError, "the network must start with the stem-fused block 0");
+    return -1;
+  }
+  return 0;
+}
+
+// run(x [N][3][H][W] float32, out [N][classes] float32, profile=False): with `profile`
+// (batch 1), the seconds from the start to the end of each block and of head + classifier.
+PyObject* engine_run(Engine* e, PyObject* args) {
+  PyObject *xo, *oo;
+  int profile = 0;
+  if (!PyArg_ParseTuple(args, "OO|p", &xo, &oo, &profile)) return nullptr;
+  View x, o;
+  if (!x.get(xo, false, "the input") || !o.get(oo, true, "the output")) return nullptr;
+  if (x.b.ndim != 4 || x.b.shape[1] != 3)
+    return fail("the input must be an (N, 3, H, W) batch");
+  const int N = (int)x.b.shape[0], H = (int)x.b.shape[2], W = (int)x.b.shape[3];
+  if (N < 1 || H < 1 || W < 1) return fail("the input is empty");
+  if (o.n() != (Py_ssize_t)N * e->classes) return fail("the output must be (N, classes)");
+  bool expected = false;
+  if (!e->busy->compare_exchange_strong(expected, true))
+    return fail("this NativeEngine is running in another thread: use one engine per thread");
+  bool oom = false;
+  if (profile && N != 1) {
+    e->busy->store(false);
+    return fail("profile runs batch 1");
+  }
+  std::vector<double> times(e->blocks->size() + 1, 0.0);
+  double* tp = profile ? times.data() : nullptr;
+  Py_BEGIN_ALLOW_THREADS;
+  if (e->pool && e->pool->fork_gen != g_fork_generation.load()) e->pool = nullptr;  // forked
+  if (!e->pool) e->pool = new Pool(e->threads);
+  plan_shape(e, H, W);
+  const int T = e->threads;
+  const int solo_imgs = T > 1 ? N / T * T : N;  // one image per thread
+  const int lanes = T > 1 && N >= T ? T : 1;
+  for (int l = 0; l < lanes && !oom; ++l)
+    oom = !(*e->lanes_a)[l].reserve(e->act_a) || !(*e->lanes_b)[l].reserve(e->act_b);
+  for (int t = 0; t < T && !oom; ++t)
+    oom = !(*e->scratch)[t].reserve(e->scratch_floats) ||
+          !(*e->pooled)[t].reserve(pad_to(e->head_cout, e->k->vw));
+  if (!oom) {
+    const float* img = x.f();
+    float* logits = static_cast<float*>(o.b.buf);
+    const long img_floats = 3L * H * W;
+    e->pool->run([&](int tid) {
+      if (T > 1 && N >= T) {
+        for (int i = tid; i < solo_imgs; i += T)
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid);
+        e->pool->barrier();
+      } else if (T == 1) {
+        for (int i = 0; i < N; ++i)
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, tp);
+        return;
+      }
+      for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
+        run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
+                  tid == 0 ? tp : nullptr);
+    });
+  }
+  Py_END_ALLOW_THREADS;
+  e->busy->store(false);
+  if (oom) return PyErr_NoMemory();
+  if (!profile) Py_RETURN_NONE;
+  PyObject* out = PyList_New((Py_ssize_t)times.size());
+  for (size_t i = 0; i < times.size(); ++i)
+    PyList_SET_ITEM(out, (Py_ssize_t)i, PyFloat_FromDouble(times[i]));
+  return out;
+}
+
+// The engine's working memory now allocated: activations (ping-pong bottleneck buffers per
+// lane), per-thread scratch (expansion ring, depthwise row, head rows) and pooled sums.
+// Weights are not counted (as in memory.py's schedules).
+PyObject* engine_memory(Engine* e, PyObject*) {
+  size_t total = 0;
+  for (auto* v : {e->lanes_a, e->lanes_b, e->scratch, e->pooled})
+    for (const Buf& b : *v) total += b.bytes();
+  return PyLong_FromSize_t(total);
+}
+
+PyObject* engine_isa(Engine* e, PyObject*) { return PyUnicode_FromString(e->k->name); }
+
+PyMethodDef engine_methods[] = {
+    {"run", (PyCFunction)engine_run, METH_VARARGS, "run(x, out): logits of x into out"},
+    {"memory_bytes", (PyCFunction)engine_memory, METH_NOARGS, "working memory allocated"},
+    {"isa", (PyCFunction)engine_isa, METH_NOARGS, "the ISA the kernels run"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyTypeObject EngineType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+PyObject* cpu_isas(PyObject*, PyObject*) {
+  PyObject* out = PyList_New(0);
+  for (const Kernels& k : KERNELS) {
+    if (!isa_supported(k.name)) continue;
+    PyObject* s = PyUnicode_FromString(k.name);
+    PyList_Append(out, s);
+    Py_DECREF(s);
+  }
+  return out;
+}
+
+PyMethodDef module_methods[] = {
+    {"cpu_isas", cpu_isas, METH_NOARGS, "ISAs this CPU runs, widest first"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_engine",
+                          "mobilenetv2's native fused inverted-residual engine (fp32)", -1,
+                          module_methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__engine(void) {
+  EngineType.tp_name = "mobilenetv2.runtime.native._engine.Engine";
+  EngineType.tp_basicsize = sizeof(Engine);
+  EngineType.tp_flags = Py_TPFLAGS_DEFAULT;
+  EngineType.tp_new = PyType_GenericNew;
+  EngineType.tp_init = (initproc)engine_init;
+  EngineType.tp_dealloc = (destructor)engine_dealloc;
+  EngineType.tp_methods = engine_methods;
+  if (PyType_Ready(&EngineType) < 0) return nullptr;
+  static bool atfork = false;
+  if (!atfork) {
+    pthread_atfork(nullptr, nullptr, on_fork_child);
+    atfork = true;
+  }
+  PyObject* m = PyModule_Create(&module_def);
+  if (!m) return nullptr;
+  Py_INCREF(&EngineType);
+  if (PyModule_AddObject(m, "Engine", reinterpret_cast<PyObject*>(&EngineType)) < 0) {
+    Py_DECREF(&EngineType);
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}
