@@ -24,7 +24,7 @@ Peers, each a fresh process, steady-state images/s (the first `--skip` steps lef
   already in memory, with the setup `train.tune` chose: the ceiling the end-to-end path is
   measured against (target: CLI >= 80% of it, and >= 2x the reference).
 
-    python bench/train_end_to_end.py            # 3 rounds of 14 steps (docs/BENCHMARKS.md)
+    python bench/train_end_to_end.py            # 3 rounds of 10 steps (docs/BENCHMARKS.md)
     python bench/train_end_to_end.py --quick    # 1 round of 6 steps: a check of the script
 """
 
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
-    steps = args.steps or (6 if args.quick else 14)
-    skip = args.skip or (2 if args.quick else 4)
+    steps = args.steps or (6 if args.quick else 10)
+    skip = args.skip or (2 if args.quick else 3)
     if args.peer:
         kind, data = args.peer[0], Path(args.peer[1])
         if kind == "reference":
