@@ -307,9 +307,11 @@ class TrainConfig:
         ema_warmup: Ramp the EMA decay up as (1 + n) / (10 + n) early in training.
         grad_accum: Micro-batches accumulated per optimizer step.
         clip_grad_norm: Clip the global gradient norm to this value (0 disables).
-        amp: Mixed precision: "auto" (bf16 on CPUs with native bf16 for networks of at
-            least 20M multiply-adds per image, bf16 or fp16 on CUDA), "off", "bf16" or "fp16".
-        memory_format: "auto" (channels_last for convolutions), "channels_last", "contiguous".
+        amp: Mixed precision: "auto" (on a CPU measured per machine and model shape among
+            fp32 and, with native bf16, bf16: `train.tune`; bf16 or fp16 on CUDA), "off",
+            "bf16" or "fp16".
+        memory_format: "auto" (on a CPU measured: channels_last or NCHW, `train.tune`; else
+            channels_last), "channels_last", "contiguous".
         compile: Wrap the model in `torch.compile`.
         sync_bn: Use SyncBatchNorm under DDP.
         freeze: Fine-tuning: "none", "backbone" (train only the classifier) or "stages:K"
