@@ -87,12 +87,12 @@ def steady_rate(stamps: list[tuple[int, float]], skip: int) -> float:
 # Peers (each runs in its own process)
 
 
-def run_cli(data: Path, steps: int, skip: int) -> dict:
+def run_cli(data: Path, steps: int, skip: int, extra: list[str] = ()) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [str(Path(sys.executable).with_name("mobilenetv2")), "train", "--data", str(data),
                "--recipe", "finetune", "--preset", "imagenet", "--batch-size", str(BATCH),
                "--max-steps", str(steps), "--log-every", "1", "--tensorboard", "false",
-               "--out", out]
+               "--out", out, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"CLI failed:\n{proc.stderr[-3000:]}")
@@ -212,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path,
                    default=Path(os.environ.get("MOBILENETV2_CACHE", "~/.cache/mobilenetv2"))
                    .expanduser() / "bench" / "jpeg480")
+    p.add_argument("--cli-variants", nargs="+", default=[], metavar="ARGS",
+                   help='more CLI peers, each with these extra options, e.g. '
+                   '"--num-workers 1 --threads 2" (the loader/thread budget)')
+    p.add_argument("--no-reference", action="store_true", help="leave the reference out")
     p.add_argument("--peer", nargs="+", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra and not args.peer:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     rounds = args.rounds or (1 if args.quick else 3)
     steps = args.steps or (6 if args.quick else 10)
     skip = args.skip or (2 if args.quick else 3)
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "steponly":
             out = run_step_only(steps, skip)
         else:
-            out = run_cli(data, steps, skip)
+            out = run_cli(data, steps, skip, extra)
         print(json.dumps(out))
         return 0
     data = make_folder(args.data_dir)
@@ -235,11 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     peer(["steponly", str(data), *common])
     results: dict[str, list[float]] = {}
     notes: dict[str, str] = {}
-    names = ["cli", "steponly", *(f"ref{w}" for w in ref_workers)]
+    variants = {f"cli{i + 1}": v.split() for i, v in enumerate(args.cli_variants)}
+    names = ["cli", *variants, "steponly",
+             *([] if args.no_reference else (f"ref{w}" for w in ref_workers))]
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            if name.startswith("ref"):
+            if name in variants:
+                res = peer(["cli", str(data), *common, *variants[name]])
+                notes[name] = res.get("setup", "")
+            elif name.startswith("ref"):
                 res = peer(["reference", str(data), name[3:], *common])
                 notes[name] = f"{res['threads']} threads, {name[3:]} loader workers"
             else:
@@ -248,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(name, []).append(res["rate"])
             print(f"round {r + 1} {name}: {res['rate']:.1f} img/s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in results.items()}
-    best_ref = max((k for k in med if k.startswith("ref")), key=med.get)
+    best_ref = max((k for k in med if k.startswith("ref")), key=med.get, default="steponly")
     lines = [
         f"CPU: {machine()}",
         f"Data: {sum(1 for _ in data.rglob('*.jpg'))} JPEGs 400x300 in 4 classes "
@@ -261,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     label = {"cli": "CLI `mobilenetv2 train --recipe finetune --preset imagenet`",
              "steponly": "our step only (synthetic uint8 tensors in memory)"}
     for k in names:
-        lab = label.get(k, f"torchvision reference, {k[3:]} workers")
+        lab = label.get(k, f"CLI + `{' '.join(variants[k])}`" if k in variants
+                        else f"torchvision reference, {k[3:]} workers")
         lines.append(f"| {lab} | {notes[k]} | {med[k]:.1f} | "
                      f"{', '.join(f'{v:.1f}' for v in results[k])} | "
                      f"{med[k] / med[best_ref]:.2f}x | {med[k] / med['steponly']:.0%} |")
