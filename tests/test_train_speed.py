@@ -268,3 +268,33 @@ def test_decode_side_keeps_the_smallest_crop_at_full_detail() -> None:
     assert decode_side(DataConfig(preset="imagenet"), 224) == 792
     assert decode_side(DataConfig(preset="small"), 32) == 32
     assert decode_side(DataConfig(preset="inception"), 224) > 792
+
+
+def test_engine_normalizes_uint8_batches_and_logs_the_profile(caplog) -> None:
+    import logging
+
+    from mobilenetv2.train.distributed import DistInfo
+    from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
+
+    torch.manual_seed(0)
+    model = _tiny()
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g),
+                torch.randint(0, 3, (4,), generator=g), []) for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ctx = StepContext(device=torch.device("cpu"), num_classes=3, amp_dtype=None,
+                      memory_format=torch.channels_last, label_smoothing=0.0, mixup_alpha=0.0,
+                      cutmix_alpha=0.0, grad_accum=1, clip_grad_norm=0.0, seed=0,
+                      steps_per_epoch=4, max_steps=0, dist=DistInfo(), progress=False,
+                      normalize=BatchNormalize((0.5,) * 3, (0.5,) * 3),
+                      timer=StepTimer(steps=2, skip=1))
+    with caplog.at_level(logging.INFO, logger="mobilenetv2.train.engine"):
+        stats = train_one_epoch(model, batches, opt,
+                                torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                                torch.amp.GradScaler("cpu", enabled=False), ctx, TrainState())
+    assert seen == [torch.float32] * 4
+    assert np.isfinite(stats["train_loss"])
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "per-step time over 2 steps" in text and "backward" in text

@@ -33,7 +33,7 @@ from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.errors import UserError
 from mobilenetv2.tasks import Metrics, Task, TaskData, get_task
 from mobilenetv2.train import checkpoint as ckpt
-from mobilenetv2.train.amp import resolve_device
+from mobilenetv2.train.amp import choose_amp, choose_memory_format, resolve_device
 from mobilenetv2.train.budget import Budget, available_cores, plan_budget
 from mobilenetv2.train.distributed import (
     DistInfo,
@@ -49,7 +49,7 @@ from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.optim import build_optimizer, lr_at
 from mobilenetv2.train.report import RunLog, plot_curves, write_report
 from mobilenetv2.train.steptimer import StepTimer
-from mobilenetv2.train.tune import TuneChoice, choose_setup, keep_fp32
+from mobilenetv2.train.tune import Candidate, TuneChoice, choose_setup, keep_fp32
 
 __all__ = ["TrainResult", "train"]
 
@@ -191,7 +191,7 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
     model = task.build_model(cfg, num_classes)
     cfg = RunConfig(model.config, dc, tc, cfg.out)  # the model's true config (fine-tuning)
     frozen_bn = apply_freeze(model, tc.freeze, tc.freeze_bn)
-    setup = _choose_setup(tc, device, model, size, dc.batch_size, dist)
+    setup = _choose_setup(tc, device, model, size, dc.batch_size, dist, task)
     amp_dtype, fmt = setup.candidate.amp_dtype, setup.candidate.memory_format
     if tc.sync_bn and device.type == "cpu":
         raise UserError("--sync-bn needs GPUs: torch's SyncBatchNorm has no CPU kernel")
@@ -280,8 +280,15 @@ def _configure_torch(tc: TrainConfig, workers: int, device: torch.device,
 
 
 def _choose_setup(tc: TrainConfig, device: torch.device, model: nn.Module, size: int,
-                  batch: int, dist: DistInfo) -> TuneChoice:
-    """Precision and memory layout (`train.tune`); under DDP rank 0 decides for all."""
+                  batch: int, dist: DistInfo, task: Task) -> TuneChoice:
+    """Precision and memory layout (`train.tune`); under DDP rank 0 decides for all.
+    Segmentation and detection keep `train.amp`'s rule: the tuner times a classifier's
+    step (cross-entropy on logits)."""
+    if task.name != "classify":
+        rule = Candidate("train.amp's rule", choose_amp(tc, device, model.config, size),
+                         choose_memory_format(tc))
+        return TuneChoice(rule, "fixed")
+
     def broadcast(name: str | None) -> str:
         box = [name]
         torch.distributed.broadcast_object_list(box, src=0)
