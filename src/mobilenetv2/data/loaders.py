@@ -78,19 +78,10 @@ class SeededDataset(Dataset):
         index, seed = key
         state = torch.get_rng_state()
         torch.manual_seed(seed)
-        # Loading in the training process itself (0 workers, `train.budget` on small
-        # machines): the per-image transforms are tiny tensor ops (the affine grid of one
-        # 32x32 image), which the compute threads' pool only slows down: 24 ms per digit with
-        # 2 threads vs 1.2 ms with 1 (2 Zen 3 cores). Workers already run single-threaded.
-        threads = torch.get_num_threads()
-        if threads > 1:
-            torch.set_num_threads(1)
         try:
             return self.dataset[index]
         finally:
             torch.set_rng_state(state)
-            if threads > 1:
-                torch.set_num_threads(threads)
 
 
 def collate_skipping(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor, list]:

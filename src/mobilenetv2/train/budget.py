@@ -6,10 +6,10 @@ while it does, that core is not running the convolutions. On up to 2 cores there
 to spare: loading in-line costs the step the decode and augmentation time (about 3 ms per
 400x300 JPEG at 224x224 on a Zen 3 core, 4% of a batch-32 step on 2 cores, measured with
 `--profile-steps`), and a worker would take the same CPU time from the cores the math uses,
-plus a third busy thread on two cores. (In-line loading was only expensive while the
-per-image transforms ran on the compute threads' pool: `data.loaders.SeededDataset` runs
-them on one thread.) On larger machines a few workers keep the batches coming and the rest
-of the cores compute, so threads + workers never exceed the cores unless the user asks.
+plus a third busy thread on two cores (measured in docs/BENCHMARKS.md: no clear gain beyond
+the noise, at most the 4% it could hide). On larger machines a few workers keep the batches
+coming and the rest of the cores compute, so threads + workers never exceed the cores unless
+the user asks.
 
 `plan_budget` is a pure function of (cores, requested workers, requested threads): what a
 user asks for explicitly is kept, only "auto" values are filled in.
