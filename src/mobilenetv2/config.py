@@ -307,9 +307,11 @@ class TrainConfig:
         ema_warmup: Ramp the EMA decay up as (1 + n) / (10 + n) early in training.
         grad_accum: Micro-batches accumulated per optimizer step.
         clip_grad_norm: Clip the global gradient norm to this value (0 disables).
-        amp: Mixed precision: "auto" (bf16 on CPUs with native bf16 for networks of at
-            least 20M multiply-adds per image, bf16 or fp16 on CUDA), "off", "bf16" or "fp16".
-        memory_format: "auto" (channels_last for convolutions), "channels_last", "contiguous".
+        amp: Mixed precision: "auto" (on a CPU measured per machine and model shape among
+            fp32 and, with native bf16, bf16: `train.tune`; bf16 or fp16 on CUDA), "off",
+            "bf16" or "fp16".
+        memory_format: "auto" (on a CPU measured: channels_last or NCHW, `train.tune`; else
+            channels_last), "channels_last", "contiguous".
         compile: Wrap the model in `torch.compile`.
         sync_bn: Use SyncBatchNorm under DDP.
         freeze: Fine-tuning: "none", "backbone" (train only the classifier) or "stages:K"
@@ -325,7 +327,11 @@ class TrainConfig:
         log_every: Write a step line to metrics.jsonl every this many optimizer steps.
         device: "auto", "cpu", "cuda" or "cuda:N".
         tensorboard: Write TensorBoard event files when tensorboard is installed.
-        threads: CPU threads for intra-op parallelism (0: PyTorch's default).
+        threads: CPU threads for intra-op parallelism (0: the cores the loader workers
+            leave, `train.budget`).
+        profile_steps: Time this many optimizer steps phase by phase (data wait, host-to-
+            device, forward, backward, optimizer, EMA, logging, checkpoint) and log the
+            table (0: off; `train.steptimer`).
         det_loss: Detection's classification loss: "hard_negatives" (softmax cross-entropy
             with 3:1 hard negative mining, TF's SSD config) or "focal" (all anchors).
     """
@@ -367,6 +373,7 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = True
     threads: int = 0
+    profile_steps: int = 0
     det_loss: Literal["hard_negatives", "focal"] = "hard_negatives"
 
     def __post_init__(self) -> None:
@@ -409,6 +416,8 @@ class TrainConfig:
                f"max_steps must be >= 0, got {self.max_steps!r}")
         _check(_is_int(self.log_every) and self.log_every >= 1,
                f"log_every must be >= 1, got {self.log_every!r}")
+        _check(_is_int(self.profile_steps) and self.profile_steps >= 0,
+               f"profile_steps must be >= 0, got {self.profile_steps!r}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return _replace(self, changes)

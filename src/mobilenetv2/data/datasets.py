@@ -109,8 +109,9 @@ class FolderDataset(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
                  transform: Callable | None = None, strict: bool = False,
-                 unreadable: Sequence[str] = ()) -> None:
+                 unreadable: Sequence[str] = (), min_side: int | None = None) -> None:
         self.samples = list(samples)
+        self.min_side = min_side  # JPEGs decode at reduced size down to this side (open_rgb)
         # Files left out when the folder was scanned (`scan_folder`): reported with the files
         # skipped while loading.
         self.unreadable = list(unreadable)
@@ -125,7 +126,8 @@ class FolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, target = self.samples[i]
         try:
-            return open_image(path, self.transform or (lambda img: img)), target
+            return open_image(path, self.transform or (lambda img: img),
+                              self.min_side), target
         except ImageError as e:
             if self.strict:
                 raise
@@ -147,8 +149,14 @@ class Splits:
     unreadable: list[str] = field(default_factory=list)  # left out by `scan_folder`
 
 
-def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable) -> Splits:
-    """Training and validation datasets for `cfg.data` (see `DataConfig.data`)."""
+def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable,
+                 decode_sides: tuple[int | None, int | None] = (None, None)) -> Splits:
+    """Training and validation datasets for `cfg.data` (see `DataConfig.data`).
+
+    Args:
+        decode_sides: The smallest image side the training and the evaluation transform
+            need; larger JPEGs are decoded at a reduced scale (`data.images.open_rgb`).
+    """
     if cfg.data == "digits":
         return Splits(DigitsDataset("train", train_tf), DigitsDataset("test", eval_tf),
                       list(DigitsDataset.classes), "bundled digits (scikit-learn)", "test")
@@ -165,8 +173,10 @@ def build_splits(cfg: DataConfig, train_tf: Callable, eval_tf: Callable) -> Spli
         if not val:
             raise UserError(f"{root}: too few images to hold out a validation split")
         name = f"held-out {cfg.val_split:.0%}"
-    return Splits(FolderDataset(train, classes, train_tf, cfg.strict_images, bad_train),
-                  FolderDataset(val, classes, eval_tf, cfg.strict_images, bad_val),
+    return Splits(FolderDataset(train, classes, train_tf, cfg.strict_images, bad_train,
+                                decode_sides[0]),
+                  FolderDataset(val, classes, eval_tf, cfg.strict_images, bad_val,
+                                decode_sides[1]),
                   classes, str(root), name, bad_train + bad_val)
 
 

@@ -29,9 +29,9 @@ __all__ = ["Metrics", "StepOut", "Task", "TaskData"]
 class TaskData:
     """What a training run trains and validates on.
 
-    Datasets yield `(image CHW float tensor, target)`, or `(data.datasets.SKIPPED, path)`
-    for a sample that cannot be read; `collate` turns a list of those into
-    `(images, targets, skipped paths)`.
+    Datasets yield `(image CHW tensor, target)` (float, or uint8 with `normalize`), or
+    `(data.datasets.SKIPPED, path)` for a sample that cannot be read; `collate` turns a list
+    of those into `(images, targets, skipped paths)`.
     """
 
     pre: Preprocessing          # evaluation preprocessing, recorded in the shipped weights
@@ -42,6 +42,10 @@ class TaskData:
     val_name: str               # "test", "val", "held-out 10%"
     unreadable: list[str] = field(default_factory=list)
     collate: Callable[[list], tuple[Any, Any, list]] = collate_skipping
+    # Applied to each training batch on the device before the step: turns a uint8 batch into
+    # the normalized float the network takes (`data.transforms.BatchNormalize`); None when
+    # the training set already yields normalized floats.
+    normalize: Callable[[Any], Any] | None = None
 
 
 @dataclass

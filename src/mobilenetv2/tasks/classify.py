@@ -19,8 +19,8 @@ from mobilenetv2 import evaluate
 from mobilenetv2.config import ModelConfig, RunConfig
 from mobilenetv2.data.datasets import build_splits
 from mobilenetv2.data.loaders import mix_batch
-from mobilenetv2.data.presets import eval_preprocessing, train_transform
-from mobilenetv2.data.transforms import eval_transform
+from mobilenetv2.data.presets import decode_side, eval_preprocessing, train_transform
+from mobilenetv2.data.transforms import BatchNormalize, eval_transform
 from mobilenetv2.errors import UserError
 from mobilenetv2.evaluate import EvalReport, TopKMetrics, topk_metrics, write_eval_report
 from mobilenetv2.model import MobileNetV2
@@ -92,14 +92,19 @@ class ClassifyTask:
     def data(self, cfg: RunConfig, size: int) -> TaskData:
         dc = cfg.data
         pre = eval_preprocessing(dc, dc.eval_size or size)
-        splits = build_splits(dc, train_transform(dc, size), eval_transform(pre))
+        # The training images stay uint8 until the batch is on the device (BatchNormalize,
+        # issue 14); JPEGs decode at the reduced scale each transform still resolves.
+        splits = build_splits(dc, train_transform(dc, size, batch_normalize=True),
+                              eval_transform(pre),
+                              decode_sides=(decode_side(dc, size), pre.resize))
         num_classes = len(splits.classes)
         if cfg.model.num_classes not in (num_classes, ModelConfig().num_classes):
             raise UserError(f"--num-classes {cfg.model.num_classes} but {splits.source} has "
                             f"{num_classes} classes ({', '.join(splits.classes[:5])} ...)")
         return TaskData(pre=pre, train=splits.train, val=splits.val, classes=splits.classes,
                         source=splits.source, val_name=splits.val_name,
-                        unreadable=list(splits.unreadable))
+                        unreadable=list(splits.unreadable),
+                        normalize=BatchNormalize(pre.mean, pre.std))
 
     def build_model(self, cfg: RunConfig, num_classes: int) -> nn.Module:
         return build_classifier(cfg, num_classes)

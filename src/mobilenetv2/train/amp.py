@@ -4,6 +4,10 @@ autocast dtype) and the memory format, chosen per device and input size.
 (Named `amp`, not `precision`: in this package "precision" is the numeric precision of an
 inference session, `runtime`'s fp32 / bf16 / int8.)
 
+Training runs on a CPU no longer use this rule: `train.tune` measures the candidates on the
+machine (issue 14). The rule stays for CUDA, for `bench/train_throughput.py`, and as the
+documented reason why bf16 is only a candidate on CPUs with native bf16.
+
 The rule for `amp="auto"` (measured with `bench/train_throughput.py`, docs/BENCHMARKS.md):
 
 - CUDA: bf16 autocast where the GPU supports it (Ampere and later), else fp16 with a

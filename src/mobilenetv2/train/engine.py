@@ -7,6 +7,7 @@ loop, is the task's `evaluate`.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +23,15 @@ from mobilenetv2.tasks import Task
 from mobilenetv2.tasks.classify import ClassifyTask
 from mobilenetv2.train.distributed import DistInfo, all_reduce_sum, unwrap
 from mobilenetv2.train.ema import ModelEma
+from mobilenetv2.train.steptimer import StepTimer
 
 __all__ = ["NonFiniteLoss", "StepContext", "TrainState", "keep_frozen_bn", "train_one_epoch"]
+
+log = logging.getLogger(__name__)
+
+# The progress bar's figures are refreshed every this many steps: formatting them is cheap,
+# but redrawing the bar every step of a fast (small-input) run is not free.
+BAR_EVERY = 5
 
 
 class NonFiniteLoss(UserError):
@@ -74,6 +82,9 @@ class StepContext:
     progress: bool = True
     frozen_bn: tuple[nn.Module, ...] = ()  # parts whose BatchNorm layers stay in eval mode
     task: Task = field(default_factory=ClassifyTask)  # loss and targets of this run's task
+    # The batch on the device -> the network's input (uint8 -> normalized float), or None.
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+    timer: StepTimer = field(default_factory=StepTimer)  # --profile-steps (off: no-op)
 
 
 def train_one_epoch(
@@ -106,38 +117,50 @@ def train_one_epoch(
                desc=f"epoch {state.epoch + 1}", disable=not (ctx.progress and ctx.dist.is_main),
                dynamic_ncols=True, leave=False)
     it = iter(loader)
+    timer = ctx.timer
     t0, seen = time.perf_counter(), 0
     try:
         for _ in range(max(0, remaining)):
+            timer.start_step()
             step_loss, step_correct, step_total, step_n = 0.0, 0.0, 0.0, 0
             for micro in range(ctx.grad_accum):
-                x, y, skipped = next(it)
+                with timer.phase("data"):
+                    x, y, skipped = next(it)
                 state.skipped += [str(s) for s in skipped if str(s) not in state.skipped]
-                x = x.to(ctx.device, non_blocking=True, memory_format=ctx.memory_format)
-                y = ctx.task.targets_to(y, ctx.device)
+                with timer.phase("h2d"):
+                    x = x.to(ctx.device, non_blocking=True, memory_format=ctx.memory_format)
+                    if ctx.normalize is not None:
+                        x = ctx.normalize(x)
+                    y = ctx.task.targets_to(y, ctx.device)
                 seed = (ctx.seed * 1_000_003 + state.step) * 64 + micro
                 sync = micro == ctx.grad_accum - 1 or not hasattr(model, "no_sync")
                 with (nullcontext() if sync else model.no_sync()):
-                    with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype,
-                                        enabled=ctx.amp_dtype is not None):
-                        out = ctx.task.step(model, x, y, ctx, seed) if len(x) else None
-                    loss = out.loss if out is not None else None
-                    _check_finite(loss, ctx, state)
+                    with timer.phase("forward"):
+                        with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype,
+                                            enabled=ctx.amp_dtype is not None):
+                            out = ctx.task.step(model, x, y, ctx, seed) if len(x) else None
+                        # The one host sync a step needs: a non-finite loss must stop the run
+                        # before the optimizer touches the weights; its value is reused below.
+                        loss_value = _check_finite(out.loss if out is not None else None,
+                                                   ctx, state)
                     if out is not None:
-                        scaler.scale(out.loss / ctx.grad_accum).backward()
-                        step_loss += out.loss.item() * len(x)
+                        with timer.phase("backward"):
+                            scaler.scale(out.loss / ctx.grad_accum).backward()
+                        step_loss += loss_value * len(x)
                         step_correct += out.correct
                         step_total += out.total
                         step_n += len(x)
-            if ctx.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with timer.phase("optimizer"):
+                if ctx.clip_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
             if ema is not None and state.step % ema.every == ema.every - 1:
-                ema.update(unwrap(model))
+                with timer.phase("ema"):
+                    ema.update(unwrap(model))
             state.step += 1
             state.epoch_step += 1
             state.sums[0] += step_loss
@@ -145,17 +168,24 @@ def train_one_epoch(
             state.sums[2] += step_n
             state.sums[3] += step_total
             seen += step_n
-            rate = seen * ctx.dist.world_size / max(1e-9, time.perf_counter() - t0)
-            info = {"loss": step_loss / max(1, step_n), "lr": optimizer.param_groups[0]["lr"],
-                    "img_s": rate}
-            shown = {"loss": f"{info['loss']:.3f}"}
-            if step_total:  # tasks without a per-step accuracy (detection) show none
-                info["acc"] = step_correct / step_total
-                shown["acc"] = f"{info['acc']:.3f}"
-            bar.set_postfix(**shown, img_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
+            with timer.phase("logging"):
+                rate = seen * ctx.dist.world_size / max(1e-9, time.perf_counter() - t0)
+                info = {"loss": step_loss / max(1, step_n),
+                        "lr": optimizer.param_groups[0]["lr"], "img_s": rate}
+                if step_total:  # tasks without a per-step accuracy (detection) show none
+                    info["acc"] = step_correct / step_total
+                if state.epoch_step % BAR_EVERY == 0 or state.epoch_step == ctx.steps_per_epoch:
+                    shown = {"loss": f"{info['loss']:.3f}"}
+                    if "acc" in info:
+                        shown["acc"] = f"{info['acc']:.3f}"
+                    bar.set_postfix(**shown, img_s=f"{rate:.0f}", refresh=False)
+                bar.update(1)
             if on_step is not None:
                 on_step(state, info)
+            timer.end_step()
+            if timer.done and not timer.reported and ctx.dist.is_main:
+                timer.reported = True
+                log.info("%s", timer.table(step_n * ctx.dist.world_size))
     finally:
         bar.close()
     totals = all_reduce_sum(torch.tensor(state.sums, dtype=torch.float64, device=ctx.device),
@@ -183,14 +213,19 @@ def keep_frozen_bn(parts: Sequence[nn.Module]) -> None:
                 mod.eval()
 
 
-def _check_finite(loss: torch.Tensor | None, ctx: StepContext, state: TrainState) -> None:
-    bad = torch.tensor(
-        0.0 if loss is None or math.isfinite(loss.item()) else 1.0, device=ctx.device)
-    if all_reduce_sum(bad, ctx.dist).item() > 0:
+def _check_finite(loss: torch.Tensor | None, ctx: StepContext, state: TrainState) -> float:
+    """The loss as a float (0 for an empty micro-batch); raises `NonFiniteLoss` on any rank's
+    NaN or infinity. One device-to-host read; the all-reduce only under DDP."""
+    value = loss.item() if loss is not None else 0.0
+    bad = 0.0 if math.isfinite(value) else 1.0
+    if ctx.dist.enabled:
+        bad = all_reduce_sum(torch.tensor(bad, device=ctx.device), ctx.dist).item()
+    if bad > 0:
         raise NonFiniteLoss(
-            f"the loss became {loss.item() if loss is not None else 'non-finite'} at step "
+            f"the loss became {value if loss is not None else 'non-finite'} at step "
             f"{state.step + 1} (epoch {state.epoch + 1}); training stopped before updating "
             "the weights. Lower the learning rate (--lr), enable --clip-grad-norm, or check "
             "the data; the last good checkpoint is intact"
         )
+    return value
 

@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mobilenetv2.errors import UserError
 from mobilenetv2.tasks import Metrics, Task, TaskData, get_task
 from mobilenetv2.train import checkpoint as ckpt
 from mobilenetv2.train.amp import choose_amp, choose_memory_format, resolve_device
+from mobilenetv2.train.budget import Budget, available_cores, plan_budget
 from mobilenetv2.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -47,6 +48,8 @@ from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
 from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.optim import build_optimizer, lr_at
 from mobilenetv2.train.report import RunLog, plot_curves, write_report
+from mobilenetv2.train.steptimer import StepTimer
+from mobilenetv2.train.tune import Candidate, TuneChoice, choose_setup, keep_fp32
 
 __all__ = ["TrainResult", "train"]
 
@@ -118,6 +121,7 @@ class _Run:
     val_loader: torch.utils.data.DataLoader
     state: TrainState
     log: RunLog | None = None    # on the writing rank only
+    hooks: list[Any] = field(default_factory=list)  # train.tune.keep_fp32's, removed at the end
 
     @property
     def out(self) -> Path:
@@ -156,10 +160,12 @@ class _Run:
         mid-epoch checkpoints of `checkpoint_every`."""
         tc = self.cfg.train
         if self.log is not None and st.step % tc.log_every == 0:
-            self.log.step(st.epoch + 1, st.step, info)
+            with self.ctx.timer.phase("logging"):
+                self.log.step(st.epoch + 1, st.step, info)
         if tc.checkpoint_every and st.step % tc.checkpoint_every == 0 \
                 and st.epoch_step < self.ctx.steps_per_epoch:
-            self.write_checkpoint()
+            with self.ctx.timer.phase("checkpoint"):
+                self.write_checkpoint()
 
     def evaluate(self, desc: str = "eval") -> Metrics:
         return self.task.evaluate(
@@ -176,7 +182,7 @@ class _Run:
 def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
            resume: str | os.PathLike | None, progress: bool) -> _Run:
     tc, dc = cfg.train, cfg.data
-    _configure_torch(tc, device)
+    budget = _configure_torch(tc, dc.num_workers, device, dist)
     _seed_everything(tc.seed, dist.rank)
     size = cfg.model.resolution
     task = get_task(cfg.model.task)
@@ -185,16 +191,17 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
     model = task.build_model(cfg, num_classes)
     cfg = RunConfig(model.config, dc, tc, cfg.out)  # the model's true config (fine-tuning)
     frozen_bn = apply_freeze(model, tc.freeze, tc.freeze_bn)
-    amp_dtype = choose_amp(tc, device, model.config, size)
-    fmt = choose_memory_format(tc)
+    setup = _choose_setup(tc, device, model, size, dc.batch_size, dist, task)
+    amp_dtype, fmt = setup.candidate.amp_dtype, setup.candidate.memory_format
     if tc.sync_bn and device.type == "cpu":
         raise UserError("--sync-bn needs GPUs: torch's SyncBatchNorm has no CPU kernel")
     if dist.enabled and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # frozen parts stay the same
     model = model.to(device, memory_format=fmt)
     ema = ModelEma(model, tc.ema_decay, tc.ema_every, tc.ema_warmup) if tc.ema_decay else None
+    hooks = keep_fp32(model) if setup.candidate.fp32_stride2_dw else []
     train_loader, val_loader = (
-        make_loader(ds, dc.batch_size, train=is_train, seed=tc.seed, num_workers=dc.num_workers,
+        make_loader(ds, dc.batch_size, train=is_train, seed=tc.seed, num_workers=budget.workers,
                     world_size=dist.world_size, rank=dist.rank,
                     pin_memory=device.type == "cuda", collate_fn=splits.collate)
         for ds, is_train in ((splits.train, True), (splits.val, False)))
@@ -214,13 +221,14 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
         label_smoothing=tc.label_smoothing, mixup_alpha=dc.mixup_alpha,
         cutmix_alpha=dc.cutmix_alpha, grad_accum=tc.grad_accum,
         clip_grad_norm=tc.clip_grad_norm, seed=tc.seed, steps_per_epoch=steps_per_epoch,
-        max_steps=tc.max_steps, dist=dist, progress=progress, frozen_bn=frozen_bn, task=task)
+        max_steps=tc.max_steps, dist=dist, progress=progress, frozen_bn=frozen_bn, task=task,
+        normalize=splits.normalize, timer=StepTimer(tc.profile_steps, device=device))
     run = _Run(cfg=cfg, dist=dist, task=task, splits=splits, model=model,
                train_model=_wrap_for_training(model, tc, dist, device), ema=ema,
                optimizer=optimizer, scheduler=scheduler,
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                ctx=ctx, train_loader=train_loader, val_loader=val_loader,
-               state=TrainState(skipped=list(splits.unreadable)))
+               state=TrainState(skipped=list(splits.unreadable)), hooks=hooks)
     resume_path = ckpt.resolve_resume(resume, cfg.out)
     if resume_path is not None:
         _restore(run, resume_path)
@@ -233,6 +241,7 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
             len(splits.val), splits.val_name, num_classes, device, dist.world_size,
             amp_dtype or "off", "channels_last" if fmt == torch.channels_last else "NCHW",
             steps_per_epoch, base_lr, global_batch)
+        log.info("step setup: %s; %s", setup.describe(), budget.describe())
     return run
 
 
@@ -245,15 +254,48 @@ def _start_log(run: _Run, resumed: bool) -> None:
                      tensorboard=run.cfg.train.tensorboard)
 
 
-def _configure_torch(tc: TrainConfig, device: torch.device) -> None:
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+def _configure_torch(tc: TrainConfig, workers: int, device: torch.device,
+                     dist: DistInfo) -> Budget:
+    """Thread and loader-worker budget (`train.budget`), and the torch switches."""
+    if device.type == "cpu":
+        # Under torchrun the processes on this machine share its cores.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.enabled else 1))
+        budget = plan_budget(max(1, available_cores() // max(1, local)), workers, tc.threads)
+        if budget.oversubscribed:
+            log.warning("%s: more busy threads than cores; training will be slower than "
+                        "with fewer (see --threads and --num-workers)", budget.describe())
+    else:  # a GPU computes: the CPU's cores feed it
+        from mobilenetv2.data.loaders import auto_workers
+
+        budget = Budget(threads=tc.threads or torch.get_num_threads(),
+                        workers=auto_workers(workers), cores=available_cores())
+    torch.set_num_threads(budget.threads)
     if tc.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return budget
+
+
+def _choose_setup(tc: TrainConfig, device: torch.device, model: nn.Module, size: int,
+                  batch: int, dist: DistInfo, task: Task) -> TuneChoice:
+    """Precision and memory layout (`train.tune`); under DDP rank 0 decides for all.
+    Segmentation and detection keep `train.amp`'s rule: the tuner times a classifier's
+    step (cross-entropy on logits)."""
+    if task.name != "classify":
+        rule = Candidate("train.amp's rule", choose_amp(tc, device, model.config, size),
+                         choose_memory_format(tc))
+        return TuneChoice(rule, "fixed")
+
+    def broadcast(name: str | None) -> str:
+        box = [name]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return str(box[0])
+
+    return choose_setup(tc, device, model, max(size, model.config.min_input_size), batch,
+                        broadcast=broadcast if dist.enabled else None)
 
 
 def _seed_everything(seed: int, rank: int) -> None:
@@ -346,6 +388,8 @@ def _finish(run: _Run, result: Metrics, t_start: float) -> TrainResult:
     cfg, out, state, splits = run.cfg, run.out, run.state, run.splits
     model_path = out / "model.safetensors"
     files = {"model": str(model_path), "curves": str(out / "curves.png")}
+    for hook in run.hooks:
+        hook.remove()
     final = unwrap(run.eval_model)
     if run.log is not None:
         final = final.to("cpu", memory_format=torch.contiguous_format)
