@@ -17,14 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,8 +31,7 @@ from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.errors import UserError
 from mobilenetv2.tasks import Metrics, Task, TaskData, get_task
 from mobilenetv2.train import checkpoint as ckpt
-from mobilenetv2.train.amp import choose_amp, choose_memory_format, resolve_device
-from mobilenetv2.train.budget import Budget, available_cores, plan_budget
+from mobilenetv2.train.amp import resolve_device
 from mobilenetv2.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -48,8 +45,9 @@ from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
 from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.optim import build_optimizer, lr_at
 from mobilenetv2.train.report import RunLog, plot_curves, write_report
+from mobilenetv2.train.setup import choose_step_setup, configure_torch, seed_everything
 from mobilenetv2.train.steptimer import StepTimer
-from mobilenetv2.train.tune import Candidate, TuneChoice, choose_setup, keep_fp32
+from mobilenetv2.train.tune import keep_fp32
 
 __all__ = ["TrainResult", "train"]
 
@@ -182,8 +180,8 @@ class _Run:
 def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
            resume: str | os.PathLike | None, progress: bool) -> _Run:
     tc, dc = cfg.train, cfg.data
-    budget = _configure_torch(tc, dc.num_workers, device, dist)
-    _seed_everything(tc.seed, dist.rank)
+    budget = configure_torch(tc, dc.num_workers, device, dist)
+    seed_everything(tc.seed, dist.rank)
     size = cfg.model.resolution
     task = get_task(cfg.model.task)
     splits = task.data(cfg, size)  # data first: a bad dataset fails before any model is built
@@ -191,7 +189,7 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
     model = task.build_model(cfg, num_classes)
     cfg = RunConfig(model.config, dc, tc, cfg.out)  # the model's true config (fine-tuning)
     frozen_bn = apply_freeze(model, tc.freeze, tc.freeze_bn)
-    setup = _choose_setup(tc, device, model, size, dc.batch_size, dist, task)
+    setup = choose_step_setup(tc, device, model, size, dc.batch_size, dist, task)
     amp_dtype, fmt = setup.candidate.amp_dtype, setup.candidate.memory_format
     if tc.sync_bn and device.type == "cpu":
         raise UserError("--sync-bn needs GPUs: torch's SyncBatchNorm has no CPU kernel")
@@ -252,56 +250,6 @@ def _start_log(run: _Run, resumed: bool) -> None:
     (run.out / "config.json").write_text(json.dumps(run.cfg.to_dict(), indent=2))
     run.log = RunLog(run.out, resume_step=run.state.step if resumed else None,
                      tensorboard=run.cfg.train.tensorboard)
-
-
-def _configure_torch(tc: TrainConfig, workers: int, device: torch.device,
-                     dist: DistInfo) -> Budget:
-    """Thread and loader-worker budget (`train.budget`), and the torch switches."""
-    if device.type == "cpu":
-        # Under torchrun the processes on this machine share its cores.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.enabled else 1))
-        budget = plan_budget(max(1, available_cores() // max(1, local)), workers, tc.threads)
-        if budget.oversubscribed:
-            log.warning("%s: more busy threads than cores; training will be slower than "
-                        "with fewer (see --threads and --num-workers)", budget.describe())
-    else:  # a GPU computes: the CPU's cores feed it
-        from mobilenetv2.data.loaders import auto_workers
-
-        budget = Budget(threads=tc.threads or torch.get_num_threads(),
-                        workers=auto_workers(workers), cores=available_cores())
-    torch.set_num_threads(budget.threads)
-    if tc.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return budget
-
-
-def _choose_setup(tc: TrainConfig, device: torch.device, model: nn.Module, size: int,
-                  batch: int, dist: DistInfo, task: Task) -> TuneChoice:
-    """Precision and memory layout (`train.tune`); under DDP rank 0 decides for all.
-    Segmentation and detection keep `train.amp`'s rule: the tuner times a classifier's
-    step (cross-entropy on logits)."""
-    if task.name != "classify":
-        rule = Candidate("train.amp's rule", choose_amp(tc, device, model.config, size),
-                         choose_memory_format(tc))
-        return TuneChoice(rule, "fixed")
-
-    def broadcast(name: str | None) -> str:
-        box = [name]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return str(box[0])
-
-    return choose_setup(tc, device, model, max(size, model.config.min_input_size), batch,
-                        broadcast=broadcast if dist.enabled else None)
-
-
-def _seed_everything(seed: int, rank: int) -> None:
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + rank)
 
 
 def _wrap_for_training(model: nn.Module, tc: TrainConfig, dist: DistInfo,
