@@ -4,8 +4,8 @@ One table, `BACKENDS`: a backend's name, the package it imports (which is also i
 name), the precisions it runs, whether it runs a PyTorch module or an ONNX file, and the
 factory that turns that source into a `Runner` (a float32 NCHW array in, float32 logits
 out). A new backend is one entry here. `AUTO_ORDER` is the order `backend="auto"` tries
-them in per precision (fp32: ONNX Runtime, OpenVINO, PyTorch; bf16 and int8: OpenVINO
-first, docs/BENCHMARKS.md).
+them in per precision (fp32: the native engine where built, then ONNX Runtime, OpenVINO,
+PyTorch; bf16 and int8: OpenVINO first, docs/BENCHMARKS.md).
 
 Precision is what it says. OpenVINO silently runs "fp32" models in bf16 on CPUs with bf16
 units unless `INFERENCE_PRECISION_HINT` is `f32`, so the hint is always set (f32 for int8
