@@ -25,26 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenetv2._optional import require
 from mobilenetv2.config import ModelConfig
 from mobilenetv2.export.onnx import export_onnx
 from mobilenetv2.model.classifier import MobileNetV2
 from mobilenetv2.model.fuse import reestimate_bn
-from mobilenetv2.runtime.backends import backend_installed, onnxruntime_session
+from mobilenetv2.runtime.backends import backend_installed, onnxruntime_session, openvino_compile
 from mobilenetv2.runtime.cpu import cpu_info
 from mobilenetv2.runtime.native import NativeEngine, cpu_isas
 
 
-def openvino_static(path: Path, shape: tuple[int, ...], threads: int, hint: str):
-    ov = require("openvino", "the OpenVINO peer")
-    core = ov.Core()
-    model = core.read_model(str(path))
-    model.reshape({model.inputs[0].any_name: ov.PartialShape(list(shape))})
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                 "PERFORMANCE_HINT": hint,
-                                                 "INFERENCE_NUM_THREADS": threads})
-    req = compiled.create_infer_request()
-    return lambda x: req.infer({0: x})[0]
+def _first_output(request):
+    return lambda x: request.infer({0: x})[0]
 
 
 def main() -> int:
@@ -80,8 +71,9 @@ def main() -> int:
         runners["onnxruntime"] = {1: ort, args.batch: ort}
     if backend_installed("openvino"):
         runners["openvino"] = {
-            1: openvino_static(onnx, x1.shape, args.threads, "LATENCY"),
-            args.batch: openvino_static(onnx, xb.shape, args.threads, "THROUGHPUT")}
+            b: _first_output(openvino_compile(onnx, "fp32", args.threads, plain=True,
+                                              shape=x.shape, hint=hint).create_infer_request())
+            for b, x, hint in ((1, x1, "LATENCY"), (args.batch, xb, "THROUGHPUT"))}
     for peer, run in runners.items():  # same weights: the same logits
         err = float(np.abs(np.asarray(run[1](x1)) - ref).max())
         assert err < 1e-3 * max(1.0, float(np.abs(ref).max())), (peer, err)
