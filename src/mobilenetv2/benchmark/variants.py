@@ -142,8 +142,9 @@ def _torchvision(width: float, size: int) -> Callable[[np.ndarray], Any]:
 def _peer(backend: str, path: Path, precision: str, threads: int) -> Callable[[np.ndarray], Any]:
     """ONNX Runtime or OpenVINO through their plain APIs, at their best settings: ONNX
     Runtime with every graph optimization (`plain=True`); OpenVINO compiled for each static
-    input shape, LATENCY hint at batch 1 and THROUGHPUT for a batch, as a user who knows it
-    sets it (a dynamic batch runs slower)."""
+    input shape (a dynamic batch runs slower) with the LATENCY hint at every batch size: one
+    synchronous request under THROUGHPUT gets one stream of the cores (measured on 2 cores:
+    int8 batch 32 at 112 img/s vs 212 with LATENCY)."""
     from mobilenetv2.runtime.backends import onnxruntime_session, openvino_compile
 
     if backend == "onnxruntime":
@@ -154,10 +155,9 @@ def _peer(backend: str, path: Path, precision: str, threads: int) -> Callable[[n
 
     def run(x: np.ndarray) -> Any:
         if x.shape not in requests:
-            hint = "LATENCY" if x.shape[0] == 1 else "THROUGHPUT"
             requests[x.shape] = openvino_compile(path, precision, threads, plain=True,
                                                  shape=x.shape,
-                                                 hint=hint).create_infer_request()
+                                                 hint="LATENCY").create_infer_request()
         return requests[x.shape].infer({0: x})
 
     return run
