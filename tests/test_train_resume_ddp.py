@@ -79,21 +79,26 @@ DDP_WORKER = """
 import os, sys, torch
 from mobilenetv2.train.recipes import make_config
 from mobilenetv2.train.run import train
-data, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data, out, batch, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 cfg = make_config("digits",
     model={"width": 0.35, "resolution": 16, "small_input": True, "dropout": 0.0},
-    data={"data": data, "batch_size": batch, "num_workers": 0, "mixup_alpha": 0.0},
-    train={"epochs": 1, "max_steps": 3, "threads": 1, "freeze_bn": True, "ema_decay": 0.0,
+    data={"data": data, "batch_size": batch, "num_workers": workers, "mixup_alpha": 0.0},
+    train={"epochs": 2, "threads": 1, "freeze_bn": True, "ema_decay": 0.0,
            "tensorboard": False, "lr": 0.2}, out=out)
 result = train(cfg, progress=False)
 rank = int(os.environ.get("RANK", "0"))
 torch.save({k: v.clone() for k, v in result.model.state_dict().items()},
            os.path.join(out, f"rank{rank}.pt"))
+open(os.path.join(out, f"epochs{rank}.txt"), "w").write(f"{result.epochs} {result.steps}")
 """
 
 
 @pytest.mark.slow
 def test_ddp_two_gloo_ranks_match_single_process(tmp_path) -> None:
+    """The DDP ranks load as a multi-GPU ImageNet run does (README "ImageNet on 8 GPUs"):
+    a DistributedSampler shard per rank, reshuffled each epoch (a second epoch is begun),
+    with a persistent loader worker per rank; one process without workers over the same global
+    batch must end at the same weights. (Pinned memory needs CUDA: not run here.)"""
     data = make_folder(tmp_path / "d")
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
@@ -101,11 +106,13 @@ def test_ddp_two_gloo_ranks_match_single_process(tmp_path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0",
-         str(worker), str(data), str(ddp), "4"],
+         str(worker), str(data), str(ddp), "4", "1"],
         env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    subprocess.run([sys.executable, str(worker), str(data), str(single), "8"], env=ENV,
+    subprocess.run([sys.executable, str(worker), str(data), str(single), "8", "0"], env=ENV,
                    check=True, capture_output=True, timeout=300)
+    for run in (ddp, single):  # 33 training images, global batch 8: 2 epochs of 4 steps
+        assert (run / "epochs0.txt").read_text() == "2 8"
     r0 = torch.load(ddp / "rank0.pt", weights_only=True)
     r1 = torch.load(ddp / "rank1.pt", weights_only=True)
     one = torch.load(single / "rank0.pt", weights_only=True)
