@@ -4,7 +4,12 @@ the per-phase step timer, the uint8 pipeline and the reduced-size JPEG decoding.
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from itertools import count
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +303,43 @@ def test_engine_normalizes_uint8_batches_and_logs_the_profile(caplog) -> None:
     assert np.isfinite(stats["train_loss"])
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "per-step time over 2 steps" in text and "backward" in text
+
+
+# ------------------------------------------------------------------ allocator (train.malloc)
+MALLINFO = """
+import ctypes, json, sys
+from mobilenetv2.train.malloc import allocator_note, retain_freed_memory
+class MI(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+                .split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MI
+note = retain_freed_memory() if sys.argv[1] == "retain" else allocator_note()
+import torch
+a = torch.empty(96 << 20, dtype=torch.uint8).fill_(1)  # a step's large activation
+mapped = libc.mallinfo2().hblkhd
+del a
+print(json.dumps({"note": note, "mapped": mapped, "kept": libc.mallinfo2().fordblks}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux")
+                    or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("mode", ["default", "retain", "retain-opt-out"])
+def test_retain_freed_memory_serves_large_tensors_from_the_heap(mode, tmp_path) -> None:
+    """glibc's mallinfo2 says where a 96 MiB tensor came from: its own mapping (returned to
+    the kernel on free) by default, the heap (kept for the next step) once retained."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("MOBILENETV2_MALLOC", None)
+    if mode == "retain-opt-out":
+        env["MOBILENETV2_MALLOC"] = "system"
+    out = subprocess.run([sys.executable, "-c", MALLINFO, mode.split("-")[0]], env=env,
+                         capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if mode == "retain":
+        assert got["mapped"] < 16 << 20 and got["kept"] >= 96 << 20, got
+        assert "keeps freed memory" in got["note"]
+    else:
+        assert got["mapped"] >= 96 << 20 and got["kept"] < 96 << 20, got
+        assert "defaults" in got["note"]

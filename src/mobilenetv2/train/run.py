@@ -43,6 +43,7 @@ from mobilenetv2.train.distributed import (
 from mobilenetv2.train.ema import ModelEma
 from mobilenetv2.train.engine import StepContext, TrainState, train_one_epoch
 from mobilenetv2.train.finetune import apply_freeze
+from mobilenetv2.train.malloc import allocator_note
 from mobilenetv2.train.optim import build_optimizer, lr_at
 from mobilenetv2.train.report import RunLog, plot_curves, write_report
 from mobilenetv2.train.setup import choose_step_setup, configure_torch, seed_everything
@@ -239,7 +240,8 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
             len(splits.val), splits.val_name, num_classes, device, dist.world_size,
             amp_dtype or "off", "channels_last" if fmt == torch.channels_last else "NCHW",
             steps_per_epoch, base_lr, global_batch)
-        log.info("step setup: %s; %s", setup.describe(), budget.describe())
+        log.info("step setup: %s; %s; %s", setup.describe(), budget.describe(),
+                 allocator_note())
     return run
 
 

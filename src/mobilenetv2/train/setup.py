@@ -19,6 +19,7 @@ from mobilenetv2.tasks import Task
 from mobilenetv2.train.amp import choose_amp, choose_memory_format
 from mobilenetv2.train.budget import Budget, available_cores, plan_budget
 from mobilenetv2.train.distributed import DistInfo
+from mobilenetv2.train.malloc import retain_freed_memory
 from mobilenetv2.train.tune import Candidate, TuneChoice, choose_setup
 
 __all__ = ["choose_step_setup", "configure_torch", "seed_everything"]
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 
 def configure_torch(tc: TrainConfig, workers: int, device: torch.device,
                      dist: DistInfo) -> Budget:
-    """Thread and loader-worker budget (`train.budget`), and the torch switches."""
+    """Thread and loader-worker budget (`train.budget`), the allocator (`train.malloc`:
+    on CPUs a step's large tensors then reuse mapped pages) and the torch switches."""
     if device.type == "cpu":
+        retain_freed_memory()
         # Under torchrun the processes on this machine share its cores.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.enabled else 1))
         budget = plan_budget(max(1, available_cores() // max(1, local)), workers, tc.threads)
