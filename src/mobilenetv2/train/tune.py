@@ -42,6 +42,7 @@ from torch import nn
 from mobilenetv2.config import TrainConfig
 from mobilenetv2.runtime.cpu import cpu_has_bf16, cpu_info
 from mobilenetv2.train.amp import choose_amp, choose_memory_format
+from mobilenetv2.train.malloc import allocator_note
 
 __all__ = ["Candidate", "TuneChoice", "candidates", "choose_setup", "keep_fp32",
            "pick_fastest", "time_steps"]
@@ -244,6 +245,8 @@ def _about(model: nn.Module, size: int, batch: int) -> dict[str, Any]:
     return {"cpu": info.model,
             "flags": hashlib.sha1(" ".join(sorted(info.flags)).encode()).hexdigest()[:12],
             "torch": torch.__version__, "threads": torch.get_num_threads(), "model": cfg,
+            # the allocator changes what a step costs (train.malloc): measured per setting
+            "malloc": allocator_note(),
             "frozen": sum(not p.requires_grad for p in model.parameters()),
             "size": size, "batch": batch}
 
