@@ -42,6 +42,7 @@ struct BlockPlan {
   int hin, win, hout, wout, padt, padl;
   int img_h, img_w, s_padt, s_padl;
   int ring, cs;
+  bool map;  // the whole map per channel slice, threads split channels (run_block_map)
 };
 
 struct HeadPlan {
@@ -87,14 +88,19 @@ struct Kernels {
   void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
   void (*head)(const HeadPlan&, const float*, int, int, float*, float*);
   void (*fc)(const HeadPlan&, const float*, int, int, float*);
+  void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
+  void (*reduce)(float*, long, long, int, int, long);
 };
 
 const Kernels KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_fc},
-    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_fc},
+    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_fc,
+     isa_avx512::run_block_map, isa_avx512::reduce_partials},
+    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_fc,
+     isa_avx2::run_block_map, isa_avx2::reduce_partials},
 #endif
-    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_fc},
+    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_fc,
+     isa_generic::run_block_map, isa_generic::reduce_partials},
 };
 
 bool isa_supported(const std::string& name) {
@@ -330,17 +336,37 @@ void plan_shape(Engine* e, int H, int W) {
     p.padl = pad_before(w, B.stride, B.dil, e->tf_same);
     p.hout = conv_out(h, B.stride, B.dil, p.padt, e->tf_same);
     p.wout = conv_out(w, B.stride, B.dil, p.padl, e->tf_same);
-    p.ring = 2 * B.dil + B.stride + 1;
-    // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
-    // section 5.1's "t" slices), at least two vectors so the micro-kernel has work.
-    const long row = (long)p.win * 4 * p.ring;
-    int cs = (int)((32 * 1024) / std::max(row, 1L)) / vw * vw;
-    cs = std::max(cs, 2 * vw);
-    p.cs = std::min(cs, p.hid_p);
-    const long s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) +
-                   (long)p.wout * p.cs + (p.kind == KIND_STEM ? 27L * p.win : 0L);
+    // The ring holds the 2 * dil + 1 consecutive input rows one output row's taps span: the
+    // next output row's new rows replace only rows no longer needed.
+    p.ring = 2 * B.dil + 1;
+    // Small maps (7x7 at 224) run in map mode: every pixel per channel slice, the hidden
+    // channels split over the threads (run_block_map says why). Not the stem block: its map
+    // is the largest.
+    const long ipix = (long)h * w, opix = (long)p.hout * p.wout;
+    p.map = p.kind != KIND_STEM && opix <= 64;
+    long s;
+    if (p.map) {
+      // the slice's expanded map and its depthwise output within ~48 KiB (L1 + L2)
+      const long per_ch = 4 * ((p.kind == KIND_DIRECT ? 0L : ipix) + opix);
+      int cs = (int)((48 * 1024) / std::max(per_ch, 1L)) / vw * vw;
+      p.cs = std::min(std::max(cs, 2 * vw), p.hid_p);
+      s = (p.kind == KIND_DIRECT ? 0L : ipix * p.cs) + opix * p.cs;
+    } else {
+      // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
+      // section 5.1's "t" slices), at least two vectors so the micro-kernel has work. The
+      // stem block takes all its channels at once (32 at width 1.0): a slice would redo
+      // the stem's taps per slice and the projection's accumulation per slice.
+      const long row = (long)p.win * 4 * p.ring;
+      int cs = (int)((32 * 1024) / std::max(row, 1L)) / vw * vw;
+      cs = std::max(cs, 2 * vw);
+      if (p.kind == KIND_STEM && p.hid_p <= 64) cs = p.hid_p;
+      p.cs = std::min(cs, p.hid_p);
+      s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) + (long)p.wout * p.cs;
+    }
     scr = std::max(scr, s);
-    const long out_floats = (long)p.hout * p.wout * p.cout_p;
+    // map mode with several threads: the other threads' partial projections follow the
+    // output in its buffer
+    const long out_floats = opix * p.cout_p * (p.map ? e->threads : 1);
     if (i % 2 == 0) a = std::max(a, out_floats);
     else b = std::max(b, out_floats);
     h = p.hout;
@@ -357,7 +383,7 @@ void plan_shape(Engine* e, int H, int W) {
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
-  e->tmp_floats = std::max<long>(48L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
+  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -386,8 +412,21 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   for (size_t i = 0; i < plans.size(); ++i) {
     const BlockPlan& p = plans[i];
     float* out = bufs[i % 2];
-    const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
-    e->k->block(p, in, out, r0, r1, scr);
+    if (p.map) {
+      // hidden channels split in whole vector blocks, then the partial sums reduced by pixels
+      const int nb = p.hid_p / e->k->vw;
+      const int h0 = (int)((long)nb * me / T) * e->k->vw;
+      const int h1 = (int)((long)nb * (me + 1) / T) * e->k->vw;
+      const long opix = (long)p.hout * p.wout;
+      e->k->block_map(p, in, out + (long)me * opix * p.cout_p, me == 0, h0, h1, scr);
+      if (T > 1) {
+        e->pool->barrier();
+        e->k->reduce(out, opix * me / T, opix * (me + 1) / T, p.cout_p, T, opix * p.cout_p);
+      }
+    } else {
+      const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
+      e->k->block(p, in, out, r0, r1, scr);
+    }
     if (!solo) e->pool->barrier();
     if (times) times[i] = now_s() - t0;
     in = out;
