@@ -343,12 +343,12 @@ void plan_shape(Engine* e, int H, int W) {
     // channels split over the threads (run_block_map says why). Not the stem block: its map
     // is the largest.
     const long ipix = (long)h * w, opix = (long)p.hout * p.wout;
-    p.map = p.kind != KIND_STEM && opix <= 64;
+    p.map = p.kind != KIND_STEM && opix <= 64 && ipix <= 64;
     long s;
     if (p.map) {
       // the slice's expanded map and its depthwise output within ~48 KiB (L1 + L2)
       const long per_ch = 4 * ((p.kind == KIND_DIRECT ? 0L : ipix) + opix);
-      int cs = (int)((48 * 1024) / std::max(per_ch, 1L)) / vw * vw;
+      int cs = (int)((48 * 1024) / std::max(per_ch, 1L)) / (2 * vw) * (2 * vw);
       p.cs = std::min(std::max(cs, 2 * vw), p.hid_p);
       s = (p.kind == KIND_DIRECT ? 0L : ipix * p.cs) + opix * p.cs;
     } else {
@@ -357,7 +357,8 @@ void plan_shape(Engine* e, int H, int W) {
       // stem block takes all its channels at once (32 at width 1.0): a slice would redo
       // the stem's taps per slice and the projection's accumulation per slice.
       const long row = (long)p.win * 4 * p.ring;
-      int cs = (int)((32 * 1024) / std::max(row, 1L)) / vw * vw;
+      // (whole pairs of vectors: an odd count leaves the micro-kernel a 1-vector column)
+      int cs = (int)((32 * 1024) / std::max(row, 1L)) / (2 * vw) * (2 * vw);
       cs = std::max(cs, 2 * vw);
       if (p.kind == KIND_STEM && p.hid_p <= 64) cs = p.hid_p;
       p.cs = std::min(cs, p.hid_p);
@@ -678,9 +679,13 @@ PyObject* engine_run(Engine* e, PyObject* args) {
     const float* img = x.f();
     float* logits = static_cast<float*>(o.b.buf);
     const long img_floats = 3L * H * W;
+    std::atomic<int> next_image{0};
     e->pool->run([&](int tid) {
       if (T > 1 && N >= T) {
-        for (int i = tid; i < solo_imgs; i += T)
+        // Each thread takes the next image when it finishes one (not every T-th image): on a
+        // shared machine one thread may get less of its core, and a fixed split would leave
+        // the other waiting for it at the end of the batch.
+        for (int i; (i = next_image.fetch_add(1, std::memory_order_relaxed)) < solo_imgs;)
           run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid);
         e->pool->barrier();
       } else if (T == 1) {
