@@ -15,6 +15,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -144,6 +148,12 @@ struct Buf {
 std::atomic<unsigned> g_fork_generation{0};
 void on_fork_child() { g_fork_generation.fetch_add(1); }
 
+double now_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -163,6 +173,7 @@ struct Pool {
   // barrier
   std::atomic<int> arrived{0};
   std::atomic<unsigned> phase{0};
+  std::atomic<int> sleepers{0};
 
   explicit Pool(int n) : threads(n), fork_gen(g_fork_generation.load()) {
     for (int t = 1; t < n; ++t) workers.emplace_back([this, t] { loop(t); });
@@ -212,18 +223,37 @@ struct Pool {
       else sched_yield();
     }
   }
+  // Spin for a short while (the usual wait: the threads' shares of a layer differ by
+  // microseconds), then sleep on a futex. On a shared machine the thread that is late is
+  // often waiting for a core another process holds: a sleeping waiter frees its core, and
+  // the kernel moves the late thread onto it, where a spinning (or yielding) one kept it.
   void barrier() {
     if (threads == 1) return;
     const unsigned ph = phase.load(std::memory_order_acquire);
     if (arrived.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
       arrived.store(0, std::memory_order_relaxed);
-      phase.fetch_add(1, std::memory_order_acq_rel);
+      phase.fetch_add(1);  // seq_cst, as the sleepers count below: no wake-up is lost
+#if defined(__linux__)
+      if (sleepers.load() > 0)
+        syscall(SYS_futex, reinterpret_cast<unsigned*>(&phase), FUTEX_WAKE_PRIVATE, INT32_MAX,
+                nullptr, nullptr, 0);
+#endif
       return;
     }
+    const double t0 = now_s();
     int spins = 0;
     while (phase.load(std::memory_order_acquire) == ph) {
-      if (++spins < 20000) cpu_relax();
-      else sched_yield();
+      cpu_relax();
+      if (++spins % 256 || now_s() - t0 < 50e-6) continue;
+#if defined(__linux__)
+      sleepers.fetch_add(1);
+      while (phase.load() == ph)
+        syscall(SYS_futex, reinterpret_cast<unsigned*>(&phase), FUTEX_WAIT_PRIVATE, ph,
+                nullptr, nullptr, 0);
+      sleepers.fetch_sub(1);
+#else
+      sched_yield();
+#endif
     }
   }
 };
@@ -395,11 +425,6 @@ void plan_shape(Engine* e, int H, int W) {
 // One image, all layers, rows split over the pool's threads (batch 1), or, with `solo`, the
 // whole image on the calling thread (large batches: one image per thread, no barriers).
 // `times` (thread 0, when profiling): seconds since the start at the end of each layer.
-double now_s() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
                double* times = nullptr) {
