@@ -15,6 +15,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -42,6 +46,7 @@ struct BlockPlan {
   int hin, win, hout, wout, padt, padl;
   int img_h, img_w, s_padt, s_padl;
   int ring, cs;
+  bool map;  // the whole map per channel slice, threads split channels (run_block_map)
 };
 
 struct HeadPlan {
@@ -87,14 +92,19 @@ struct Kernels {
   void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
   void (*head)(const HeadPlan&, const float*, int, int, float*, float*);
   void (*fc)(const HeadPlan&, const float*, int, int, float*);
+  void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
+  void (*reduce)(float*, long, long, int, int, long);
 };
 
 const Kernels KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_fc},
-    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_fc},
+    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_fc,
+     isa_avx512::run_block_map, isa_avx512::reduce_partials},
+    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_fc,
+     isa_avx2::run_block_map, isa_avx2::reduce_partials},
 #endif
-    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_fc},
+    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_fc,
+     isa_generic::run_block_map, isa_generic::reduce_partials},
 };
 
 bool isa_supported(const std::string& name) {
@@ -138,6 +148,12 @@ struct Buf {
 std::atomic<unsigned> g_fork_generation{0};
 void on_fork_child() { g_fork_generation.fetch_add(1); }
 
+double now_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -157,6 +173,7 @@ struct Pool {
   // barrier
   std::atomic<int> arrived{0};
   std::atomic<unsigned> phase{0};
+  std::atomic<int> sleepers{0};
 
   explicit Pool(int n) : threads(n), fork_gen(g_fork_generation.load()) {
     for (int t = 1; t < n; ++t) workers.emplace_back([this, t] { loop(t); });
@@ -206,18 +223,37 @@ struct Pool {
       else sched_yield();
     }
   }
+  // Spin for a short while (the usual wait: the threads' shares of a layer differ by
+  // microseconds), then sleep on a futex. On a shared machine the thread that is late is
+  // often waiting for a core another process holds: a sleeping waiter frees its core, and
+  // the kernel moves the late thread onto it, where a spinning (or yielding) one kept it.
   void barrier() {
     if (threads == 1) return;
     const unsigned ph = phase.load(std::memory_order_acquire);
     if (arrived.fetch_add(1, std::memory_order_acq_rel) == threads - 1) {
       arrived.store(0, std::memory_order_relaxed);
-      phase.fetch_add(1, std::memory_order_acq_rel);
+      phase.fetch_add(1);  // seq_cst, as the sleepers count below: no wake-up is lost
+#if defined(__linux__)
+      if (sleepers.load() > 0)
+        syscall(SYS_futex, reinterpret_cast<unsigned*>(&phase), FUTEX_WAKE_PRIVATE, INT32_MAX,
+                nullptr, nullptr, 0);
+#endif
       return;
     }
+    const double t0 = now_s();
     int spins = 0;
     while (phase.load(std::memory_order_acquire) == ph) {
-      if (++spins < 20000) cpu_relax();
-      else sched_yield();
+      cpu_relax();
+      if (++spins % 256 || now_s() - t0 < 50e-6) continue;
+#if defined(__linux__)
+      sleepers.fetch_add(1);
+      while (phase.load() == ph)
+        syscall(SYS_futex, reinterpret_cast<unsigned*>(&phase), FUTEX_WAIT_PRIVATE, ph,
+                nullptr, nullptr, 0);
+      sleepers.fetch_sub(1);
+#else
+      sched_yield();
+#endif
     }
   }
 };
@@ -330,17 +366,38 @@ void plan_shape(Engine* e, int H, int W) {
     p.padl = pad_before(w, B.stride, B.dil, e->tf_same);
     p.hout = conv_out(h, B.stride, B.dil, p.padt, e->tf_same);
     p.wout = conv_out(w, B.stride, B.dil, p.padl, e->tf_same);
-    p.ring = 2 * B.dil + B.stride + 1;
-    // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
-    // section 5.1's "t" slices), at least two vectors so the micro-kernel has work.
-    const long row = (long)p.win * 4 * p.ring;
-    int cs = (int)((32 * 1024) / std::max(row, 1L)) / vw * vw;
-    cs = std::max(cs, 2 * vw);
-    p.cs = std::min(cs, p.hid_p);
-    const long s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) +
-                   (long)p.wout * p.cs + (p.kind == KIND_STEM ? 27L * p.win : 0L);
+    // The ring holds the 2 * dil + 1 consecutive input rows one output row's taps span: the
+    // next output row's new rows replace only rows no longer needed.
+    p.ring = 2 * B.dil + 1;
+    // Small maps (7x7 at 224) run in map mode: every pixel per channel slice, the hidden
+    // channels split over the threads (run_block_map says why). Not the stem block: its map
+    // is the largest.
+    const long ipix = (long)h * w, opix = (long)p.hout * p.wout;
+    p.map = p.kind != KIND_STEM && opix <= 64 && ipix <= 64;
+    long s;
+    if (p.map) {
+      // the slice's expanded map and its depthwise output within ~48 KiB (L1 + L2)
+      const long per_ch = 4 * ((p.kind == KIND_DIRECT ? 0L : ipix) + opix);
+      int cs = (int)((48 * 1024) / std::max(per_ch, 1L)) / (2 * vw) * (2 * vw);
+      p.cs = std::min(std::max(cs, 2 * vw), p.hid_p);
+      s = (p.kind == KIND_DIRECT ? 0L : ipix * p.cs) + opix * p.cs;
+    } else {
+      // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
+      // section 5.1's "t" slices), at least two vectors so the micro-kernel has work. The
+      // stem block takes all its channels at once (32 at width 1.0): a slice would redo
+      // the stem's taps per slice and the projection's accumulation per slice.
+      const long row = (long)p.win * 4 * p.ring;
+      // (whole pairs of vectors: an odd count leaves the micro-kernel a 1-vector column)
+      int cs = (int)((32 * 1024) / std::max(row, 1L)) / (2 * vw) * (2 * vw);
+      cs = std::max(cs, 2 * vw);
+      if (p.kind == KIND_STEM && p.hid_p <= 64) cs = p.hid_p;
+      p.cs = std::min(cs, p.hid_p);
+      s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) + (long)p.wout * p.cs;
+    }
     scr = std::max(scr, s);
-    const long out_floats = (long)p.hout * p.wout * p.cout_p;
+    // map mode with several threads: the other threads' partial projections follow the
+    // output in its buffer
+    const long out_floats = opix * p.cout_p * (p.map ? e->threads : 1);
     if (i % 2 == 0) a = std::max(a, out_floats);
     else b = std::max(b, out_floats);
     h = p.hout;
@@ -357,7 +414,7 @@ void plan_shape(Engine* e, int H, int W) {
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
-  e->tmp_floats = std::max<long>(48L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
+  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -368,11 +425,6 @@ void plan_shape(Engine* e, int H, int W) {
 // One image, all layers, rows split over the pool's threads (batch 1), or, with `solo`, the
 // whole image on the calling thread (large batches: one image per thread, no barriers).
 // `times` (thread 0, when profiling): seconds since the start at the end of each layer.
-double now_s() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
                double* times = nullptr) {
@@ -386,8 +438,21 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   for (size_t i = 0; i < plans.size(); ++i) {
     const BlockPlan& p = plans[i];
     float* out = bufs[i % 2];
-    const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
-    e->k->block(p, in, out, r0, r1, scr);
+    if (p.map) {
+      // hidden channels split in whole vector blocks, then the partial sums reduced by pixels
+      const int nb = p.hid_p / e->k->vw;
+      const int h0 = (int)((long)nb * me / T) * e->k->vw;
+      const int h1 = (int)((long)nb * (me + 1) / T) * e->k->vw;
+      const long opix = (long)p.hout * p.wout;
+      e->k->block_map(p, in, out + (long)me * opix * p.cout_p, me == 0, h0, h1, scr);
+      if (T > 1) {
+        e->pool->barrier();
+        e->k->reduce(out, opix * me / T, opix * (me + 1) / T, p.cout_p, T, opix * p.cout_p);
+      }
+    } else {
+      const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
+      e->k->block(p, in, out, r0, r1, scr);
+    }
     if (!solo) e->pool->barrier();
     if (times) times[i] = now_s() - t0;
     in = out;
@@ -639,9 +704,13 @@ PyObject* engine_run(Engine* e, PyObject* args) {
     const float* img = x.f();
     float* logits = static_cast<float*>(o.b.buf);
     const long img_floats = 3L * H * W;
+    std::atomic<int> next_image{0};
     e->pool->run([&](int tid) {
       if (T > 1 && N >= T) {
-        for (int i = tid; i < solo_imgs; i += T)
+        // Each thread takes the next image when it finishes one (not every T-th image): on a
+        // shared machine one thread may get less of its core, and a fixed split would leave
+        // the other waiting for it at the end of the batch.
+        for (int i; (i = next_image.fetch_add(1, std::memory_order_relaxed)) < solo_imgs;)
           run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid);
         e->pool->barrier();
       } else if (T == 1) {
