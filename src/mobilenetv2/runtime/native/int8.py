@@ -104,6 +104,7 @@ class _Reader:
         self.ops: list[tuple] = []
         self.logits: str | None = None
         self.classes = 0
+        self.size: tuple[int, int] | None = None
 
     def fail(self, why: str) -> UserError:
         return UserError(f"{self.path}: the native int8 engine cannot run this model: {why}")
@@ -137,6 +138,10 @@ class _Reader:
         if len(self.graph.input) != 1 or len(self.graph.output) != 1:
             raise self.fail("it needs one input and one output")
         x_name = self.graph.input[0].name
+        dims = self.graph.input[0].type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            # the export fixes the image size (and tf_same pads for it): run only that
+            self.size = (dims[2].dim_value, dims[3].dim_value)
         for node in self.graph.node:
             op = node.op_type
             attrs = {a.name: _attr(a) for a in node.attribute}
@@ -152,7 +157,7 @@ class _Reader:
                 raise self.fail(f"{op} nodes are not supported ({node.name})")
         if self.logits is None or self.graph.output[0].name != self.logits:
             raise self.fail("its output is not a dequantized classifier")
-        return tuple(self.ops), self.classes
+        return tuple(self.ops), self.classes, self.size
 
     def on_dequantize(self, node: Any, attrs: dict) -> None:
         src = node.input[0]
@@ -326,9 +331,9 @@ def _i32(v: np.ndarray, n: int, node: Any) -> np.ndarray:
     return _padded(v, n, np.int32)
 
 
-def int8_ops(path: str | os.PathLike) -> tuple[tuple, int]:
-    """The engine's op list and class count for a QDQ int8 ONNX file (module docstring);
-    a one-line UserError for a graph it does not run."""
+def int8_ops(path: str | os.PathLike) -> tuple[tuple, int, tuple[int, int] | None]:
+    """The engine's op list, class count and fixed input size (None: any) for a QDQ int8
+    ONNX file (module docstring); a one-line UserError for a graph it does not run."""
     return _Reader(Path(path)).run()
 
 
@@ -363,7 +368,7 @@ class NativeInt8Engine:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(2, "No such file or directory", str(path))
-        ops, classes = int8_ops(path)
+        ops, classes, self.input_size = int8_ops(path)
         try:
             self._engine = _engine.Int8Engine(ops, threads, isa, classes)
         except ValueError as exc:  # e.g. 8-bit weights on a CPU without VNNI
@@ -394,6 +399,9 @@ class NativeInt8Engine:
                             f"{tuple(x.shape)}")
         if x.shape[0] < 1:
             raise UserError("the batch is empty")
+        if self.input_size is not None and tuple(x.shape[2:]) != self.input_size:
+            raise UserError(f"{self.path.name} was exported for {self.input_size[0]}x"
+                            f"{self.input_size[1]} images, got {x.shape[2]}x{x.shape[3]}")
         out = np.empty((x.shape[0], self.num_classes), np.float32)
         try:
             self._engine.run(np.ascontiguousarray(x), out)
