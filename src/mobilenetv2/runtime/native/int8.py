@@ -97,6 +97,7 @@ class _Reader:
         self.inits = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         self.consts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.dq: dict[str, int] = {}     # float name after DequantizeLinear -> tensor id
+        self.names: list[str] = []       # tensor id -> its QuantizeLinear output's name
         self.q: dict[str, int] = {}      # QuantizeLinear output -> tensor id
         self.qp: list[tuple[float, int]] = []   # tensor id -> (scale, zero point)
         self.chans: list[int] = []       # tensor id -> channels
@@ -194,6 +195,8 @@ class _Reader:
         else:
             raise self.fail(f"{src} is quantized but not computed by a supported node")
         self.q[node.output[0]] = tid
+        if len(self.names) == tid:
+            self.names.append(node.output[0])
 
     # ------------------------------------------------------------------ ops
     def weights(self, n: Any, cout: int, sx: float, sy: float) -> tuple:
@@ -274,11 +277,8 @@ class _Reader:
             raise self.fail(f"{n.name}: adds tensors of {self.chans[a]} and "
                             f"{self.chans[b]} channels")
         (sa, za), (sb, zb), (sc, zc) = self.qp[a], self.qp[b], qp
-        # MLAS QLinearAdd's float32 constants
-        ra, rb = _F32(sa) / _F32(sc), _F32(sb) / _F32(sc)
-        fixed = _F32(zc) - (ra * _F32(za) + rb * _F32(zb))
         tid = self.new_tensor(qp, self.chans[a])
-        self.ops.append((ADD, a, b, tid, (), (float(ra), float(rb), float(fixed)), ()))
+        self.ops.append((ADD, a, b, tid, (), _add_params(sa, sb, sc, za, zb, zc), ()))
         return tid
 
     def make_globalaveragepool(self, n: Any, attrs: dict, qp: tuple[float, int]) -> int:
@@ -319,6 +319,18 @@ class _Reader:
         return tid
 
 
+def _add_params(sa: float, sb: float, sc: float, za: int, zb: int,
+                zc: int) -> tuple[float, float, float]:
+    """MLAS's AVX2 QLinearAdd constants as its compiled code computes them: ra = s_a / s_c,
+    rb = s_b / s_c and fixed = zp_c - (ra zp_a + rb zp_b) with the compiler's FMA contraction
+    fma(ra, zp_a, rb zp_b) (measured: without it one tie in a few thousand rounds the other
+    way than ONNX Runtime 1.32 on AVX2)."""
+    ra, rb = _F32(sa) / _F32(sc), _F32(sb) / _F32(sc)
+    inner = float(ra) * za + float(_F32(rb * _F32(zb)))  # exact in float64, rounded once
+    fixed = _F32(zc) - _F32(inner)
+    return float(ra), float(rb), float(fixed)
+
+
 def _attr(a: Any) -> Any:
     from onnx import helper
 
@@ -337,6 +349,13 @@ def int8_ops(path: str | os.PathLike) -> tuple[tuple, int, tuple[int, int] | Non
     return _Reader(Path(path)).run()
 
 
+def int8_tensor_names(path: str | os.PathLike) -> list[str]:
+    """The QuantizeLinear output each engine tensor holds, by index (tests compare them)."""
+    reader = _Reader(Path(path))
+    reader.run()
+    return reader.names
+
+
 class NativeInt8Engine:
     """Our QDQ int8 ONNX classifier on the native int8 engine (module docstring).
 
@@ -346,13 +365,14 @@ class NativeInt8Engine:
             each layer over them, a batch of at least `threads` images gives each thread
             whole images.
         isa: "avx512vnni", "avxvnni" or "avx2" (default: the widest this CPU runs).
+        keep: Keep every layer's output (no buffer reuse) for `tensor(i)`: tests only.
 
     Raises:
         UserError: Not built, no int8 kernels for this CPU, or a model it does not run.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 isa: str | None = None) -> None:
+                 isa: str | None = None, *, keep: bool = False) -> None:
         if _engine is None:
             raise UserError(UNAVAILABLE)
         isas = int8_isas()
@@ -370,7 +390,7 @@ class NativeInt8Engine:
             raise FileNotFoundError(2, "No such file or directory", str(path))
         ops, classes, self.input_size = int8_ops(path)
         try:
-            self._engine = _engine.Int8Engine(ops, threads, isa, classes)
+            self._engine = _engine.Int8Engine(ops, threads, isa, classes, keep)
         except ValueError as exc:  # e.g. 8-bit weights on a CPU without VNNI
             raise UserError(f"{path}: {exc}") from None
         self.path, self.threads, self.isa, self.num_classes = path, threads, isa, classes
@@ -379,6 +399,13 @@ class NativeInt8Engine:
     def memory_bytes(self) -> int:
         """Working memory after the last forward: activation slots and scratch, not weights."""
         return int(self._engine.memory_bytes())
+
+    def tensor(self, i: int) -> np.ndarray:
+        """Tensor `i` (uint8 (H, W, C); the quantized input is (3, H, W)) of the last call's
+        first image; needs `keep=True`."""
+        data, h, w, cs = self._engine.tensor(i)
+        a = np.frombuffer(data, np.uint8)
+        return a.reshape(3, h, w) if i == 0 else a.reshape(h, w, cs)
 
     def __call__(self, x: Any) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 (N, 3, H, W) batch."""
