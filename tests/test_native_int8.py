@@ -211,3 +211,18 @@ def test_photos_top1_equals_onnxruntime_int8(fixtures_dir, tmp_path) -> None:
         got = NativeInt8Engine(path, threads=2, isa=isa)(x)
         assert (got.argmax(1) == want.argmax(1)).all(), (got.argmax(1), want.argmax(1))
         assert np.abs(got - want).max() <= 3 * _logits_scale(path) + 1e-6
+
+
+def test_cli_predict_on_native_int8(models, tmp_path, capsys) -> None:
+    """`mobilenetv2 predict --backend native --precision int8` on our int8 file."""
+    from PIL import Image
+
+    from mobilenetv2.cli import main
+
+    Image.fromarray(np.full((70, 80, 3), 90, np.uint8)).save(tmp_path / "x.png")
+    path = models[CASES[0]]
+    assert main(["predict", str(tmp_path / "x.png"), "--weights", str(path), "--backend",
+                 "native", "--precision", "int8", "--threads", "1", "--topk", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "x.png" in captured.out
+    assert "running on native int8" in captured.err
