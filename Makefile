@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade --quiet pip
 
 # setup.py builds the optional native engine (issue 13): a change to its sources rebuilds it.
-NATIVE_SRC := setup.py $(wildcard src/mobilenetv2/runtime/native/_engine.cpp src/mobilenetv2/runtime/native/_kernels.inc)
+NATIVE_SRC := setup.py $(wildcard src/mobilenetv2/runtime/native/_engine.cpp src/mobilenetv2/runtime/native/_kernels.inc src/mobilenetv2/runtime/native/_int8.inc src/mobilenetv2/runtime/native/_kernels_int8.inc)
 
 $(STAMP): pyproject.toml $(NATIVE_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'

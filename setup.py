@@ -29,7 +29,9 @@ setup(
         Extension(
             "mobilenetv2.runtime.native._engine",
             sources=["src/mobilenetv2/runtime/native/_engine.cpp"],
-            depends=["src/mobilenetv2/runtime/native/_kernels.inc"],
+            depends=["src/mobilenetv2/runtime/native/_kernels.inc",
+                     "src/mobilenetv2/runtime/native/_int8.inc",
+                     "src/mobilenetv2/runtime/native/_kernels_int8.inc"],
             language="c++",
             extra_compile_args=compile_args,
             extra_link_args=link_args + ["-pthread"],

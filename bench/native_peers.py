@@ -1,7 +1,7 @@
 """The native engine beside ONNX Runtime and OpenVINO at their best settings (issue 13 targets).
 
     python bench/native_peers.py [--width 1.0] [--size 224] [--threads 2] [--rounds 7]
-        [--padding symmetric|tf_same] [--weights SPEC]
+        [--padding symmetric|tf_same] [--weights SPEC] [--precision fp32|int8]
 
 Same weights in every runtime (our ONNX export of the model), batch 1 latency and batch 32
 throughput, interleaved rounds (each round runs every runtime in turn, one untimed call
@@ -13,6 +13,16 @@ the figure is the median over rounds. Peers' settings, stated:
   gives only one stream of the cores: half the speed on 2 cores), INFERENCE_NUM_THREADS=threads;
 - native: `NativeEngine(model, threads)`, the ISA it picks.
 Prints the CPU model and ISA with the figures.
+
+`--precision int8` (issue 13's int8 target): the model is quantized once by our PTQ
+(`quant.ptq.quantize_onnx`: QDQ, per-channel 7-bit weights, calibrated on `--calib-images`
+random N(0, 1) images) and that one file runs on the native int8 engine
+(`NativeInt8Engine`), ONNX Runtime and OpenVINO (INFERENCE_PRECISION_HINT=f32 for its
+non-int8 ops, static shape, LATENCY hint); XNNPACK runs the same float weights as our int8
+.tflite (LiteRT) and .pte (ExecuTorch) exports, calibrated on the same images, where
+installed. The native logits are checked against ONNX Runtime's (same file: equal within
+one output step); the XNNPACK rows are other quantizations of the same weights, so only
+their top-1 agreement with ONNX Runtime is printed.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from mobilenetv2.model.fuse import reestimate_bn
 from mobilenetv2.runtime.backends import backend_installed, onnxruntime_session, openvino_compile
 from mobilenetv2.runtime.cpu import cpu_info
 from mobilenetv2.runtime.native import NativeEngine, cpu_isas
+from mobilenetv2.runtime.native.int8 import int8_isas
 
 
 def _first_output(request):
@@ -48,6 +59,9 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--padding", default="symmetric", choices=("symmetric", "tf_same"))
     p.add_argument("--weights", help="weights spec (default: random, BN re-estimated)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
+    p.add_argument("--calib-images", type=int, default=16)
+    p.add_argument("--no-phone", action="store_true", help="int8: skip the XNNPACK rows")
     args = p.parse_args()
     if args.weights:
         from mobilenetv2.weights import load_weights
@@ -61,6 +75,16 @@ def main() -> int:
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 3, args.size, args.size), dtype=np.float32)
     xb = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
+    if args.precision == "int8":
+        runners, isa, agree = _int8_runners(model, onnx, Path(tmp.name), x1, xb, args)
+        med, names = _race(runners, x1, xb, args)
+        _report(med, names, args, model, f"native int8 ISA {isa} (this CPU runs "
+                f"{', '.join(int8_isas())})", peers_for_target=("openvino", "litert xnnpack",
+                                                               "executorch xnnpack"))
+        print("\ntop-1 agreement with ONNX Runtime int8 on the batch: " + ", ".join(
+            f"{k} {v:.0%}" for k, v in agree.items()))
+        tmp.cleanup()
+        return 0
     native = NativeEngine(model, threads=args.threads)
     ref = native(x1)
     runners: dict[str, dict[int, object]] = {"native": {1: native, args.batch: native}}
@@ -77,6 +101,15 @@ def main() -> int:
     for peer, run in runners.items():  # same weights: the same logits
         err = float(np.abs(np.asarray(run[1](x1)) - ref).max())
         assert err < 1e-3 * max(1.0, float(np.abs(ref).max())), (peer, err)
+    med, names = _race(runners, x1, xb, args)
+    _report(med, names, args, model, f"native ISA {native.isa} (this CPU runs "
+            f"{', '.join(cpu_isas())})", peers_for_target=None)
+    tmp.cleanup()
+    return 0
+
+
+def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, list[str]]:
+    """Median seconds per (runtime, batch) over interleaved rotating rounds."""
     times: dict[tuple[str, int], list[float]] = {}
     names = list(runners)
     for r in range(args.rounds):
@@ -88,25 +121,76 @@ def main() -> int:
                 for _ in range(n):
                     run(x)
                 times.setdefault((peer, batch), []).append((time.perf_counter() - t0) / n)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"CPU: {cpu_info().model}; native ISA {native.isa} (this CPU runs "
-          f"{', '.join(cpu_isas())}); {args.threads} threads; width {args.width}, "
-          f"{args.size}x{args.size}, padding {model.config.padding}; median of {args.rounds} "
-          f"interleaved rounds\n")
+    return {k: statistics.median(v) for k, v in times.items()}, names
+
+
+def _report(med: dict, names: list[str], args, model, isa_line: str,
+            peers_for_target: tuple[str, ...] | None) -> None:
+    print(f"CPU: {cpu_info().model}; {isa_line}; {args.threads} threads; width {args.width}, "
+          f"{args.size}x{args.size}, padding {model.config.padding}, {args.precision}; median "
+          f"of {args.rounds} interleaved rounds\n")
     print(f"| runtime | batch 1 latency (ms) | batch {args.batch} throughput (img/s) |")
     print("|---|---:|---:|")
     for peer in names:
         print(f"| {peer} | {med[(peer, 1)] * 1e3:.2f} | "
               f"{args.batch / med[(peer, args.batch)]:.0f} |")
-    peers = [n for n in names if n != "native"]
+    peers = [n for n in names if n != "native" and (
+        peers_for_target is None or n in peers_for_target)]
     if peers:
         b1 = min(med[(n, 1)] for n in peers)
         bt = min(med[(n, args.batch)] for n in peers)
-        print(f"\nnative vs best peer: batch 1 latency ratio {med[('native', 1)] / b1:.2f} "
+        which = "best peer" if peers_for_target is None else f"best of {', '.join(peers)}"
+        print(f"\nnative vs {which}: batch 1 latency ratio {med[('native', 1)] / b1:.2f} "
               f"(target <= 0.8), batch {args.batch} throughput ratio "
               f"{bt / med[('native', args.batch)]:.2f} (target >= 1.2)")
-    tmp.cleanup()
-    return 0
+
+
+def _int8_runners(model, onnx: Path, work: Path, x1: np.ndarray, xb: np.ndarray,
+                  args) -> tuple[dict, str, dict]:
+    """Native int8, ONNX Runtime, OpenVINO on our one QDQ file; XNNPACK on our int8 .tflite /
+    .pte of the same weights (module docstring)."""
+    from mobilenetv2.quant.ptq import quantize_onnx
+    from mobilenetv2.runtime.native.int8 import NativeInt8Engine
+    from mobilenetv2.runtime.session import InferenceSession
+
+    calib = np.random.default_rng(1).standard_normal(
+        (args.calib_images, 3, args.size, args.size), dtype=np.float32)
+    q = quantize_onnx(onnx, work / "m.int8.onnx", calib)
+    native = NativeInt8Engine(q, threads=args.threads)
+    runners: dict[str, dict[int, object]] = {"native": {1: native, args.batch: native}}
+    sess = onnxruntime_session(q, args.threads)
+    name = sess.get_inputs()[0].name
+    ort = lambda x: sess.run(None, {name: x})[0]  # noqa: E731
+    runners["onnxruntime"] = {1: ort, args.batch: ort}
+    ref = ort(xb)
+    import onnx as onnx_pkg
+
+    inits = {i.name: i for i in onnx_pkg.load(str(q)).graph.initializer}
+    step = float(onnx_pkg.numpy_helper.to_array(inits["logits_scale"]))
+    err = float(np.abs(native(xb) - ref).max())
+    assert err <= step + 1e-6, ("native int8 differs from ONNX Runtime", err / step)
+    if backend_installed("openvino"):
+        runners["openvino"] = {
+            b: _first_output(openvino_compile(q, "int8", args.threads, plain=True,
+                                              shape=x.shape, hint="LATENCY")
+                             .create_infer_request())
+            for b, x in ((1, x1), (args.batch, xb))}
+    if not args.no_phone:
+        from mobilenetv2.export.executorch import export_executorch
+        from mobilenetv2.export.tflite import export_tflite
+
+        for backend, export, suffix in (("litert", export_tflite, "tflite"),
+                                        ("executorch", export_executorch, "pte")):
+            if not backend_installed(backend):
+                continue
+            path = export(model, work / f"m.int8.{suffix}", precision="int8",
+                          calibration=calib, input_size=args.size).path
+            s = InferenceSession(path, backend=backend, precision="int8",
+                                 threads=args.threads)
+            runners[f"{backend} xnnpack"] = {1: s, args.batch: s}
+    agree = {k: float((np.asarray(r[args.batch](xb)).argmax(1) == ref.argmax(1)).mean())
+             for k, r in runners.items() if k != "onnxruntime"}
+    return runners, native.isa, agree
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 from torch import nn
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.runtime.backends import BACKENDS
+from mobilenetv2.runtime.backends import BACKENDS, source_kind
 from mobilenetv2.runtime.phone import PHONE_SUFFIXES
 from mobilenetv2.runtime.race_cache import RaceCache
 from mobilenetv2.runtime.session import (
@@ -80,9 +80,9 @@ def open_session(
     names = choose_backends(backend, precision, module=True, onnx=True,
                             files=frozenset(PHONE_SUFFIXES.values()),
                             refused=refused_backends(model))
-    if BACKENDS[names[0]].runs in PHONE_SUFFIXES.values():
+    if source_kind(names[0], precision) in PHONE_SUFFIXES.values():
         return _phone_session(model, names[0], precision, threads, calib, input_size)
-    if all(BACKENDS[n].runs != "onnx" for n in names):
+    if all(source_kind(n, precision) != "onnx" for n in names):
         return InferenceSession(model, backend, precision, threads)
     if precision == "int8" and calib is None:
         raise UserError(INT8_NEEDS_A_QUANTIZED_MODEL)

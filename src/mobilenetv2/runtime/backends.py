@@ -5,7 +5,8 @@ name), the precisions it runs, whether it runs a PyTorch module or an ONNX file,
 factory that turns that source into a `Runner` (a float32 NCHW array in, float32 logits
 out). A new backend is one entry here. `AUTO_ORDER` is the order `backend="auto"` tries
 them in per precision (fp32: the native engine where built, then ONNX Runtime, OpenVINO,
-PyTorch; bf16 and int8: OpenVINO first, docs/BENCHMARKS.md).
+PyTorch; bf16: OpenVINO first; int8: the native int8 engine where built, then OpenVINO,
+ONNX Runtime; docs/BENCHMARKS.md).
 
 Precision is what it says. OpenVINO silently runs "fp32" models in bf16 on CPUs with bf16
 units unless `INFERENCE_PRECISION_HINT` is `f32`, so the hint is always set (f32 for int8
@@ -47,6 +48,8 @@ __all__ = [
     "onnxruntime_session",
     "openvino_compile",
     "openvino_config",
+    "precision_unavailable",
+    "source_kind",
 ]
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -72,6 +75,10 @@ class Backend:
             here ("" when it can); None: installed means its package imports.
         accepts: For a "module" backend that runs only some networks: `(module) -> bool`
             (`auto` skips it for the others; asked explicitly, it says why in one line).
+        runs_for: Precisions for which it runs another kind of source than `runs` (the
+            native engine: a module in fp32, our QDQ `.int8.onnx` file in int8).
+        unavailable_for: `(precision) -> reason` it cannot run that precision here ("" when
+            it can), for a backend whose precisions have their own kernels.
     """
 
     name: str
@@ -81,6 +88,20 @@ class Backend:
     build: Callable[[Any, str, int | None], Runner]
     unavailable: Callable[[], str] | None = None
     accepts: Callable[[Any], bool] | None = None
+    runs_for: tuple[tuple[str, str], ...] = ()
+    unavailable_for: Callable[[str], str] | None = None
+
+
+def source_kind(name: str, precision: str) -> str:
+    """What backend `name` runs in `precision`: "module", "onnx", "tflite" or "pte"."""
+    spec = BACKENDS[name]
+    return dict(spec.runs_for).get(precision, spec.runs)
+
+
+def precision_unavailable(name: str, precision: str) -> str:
+    """Why an installed backend cannot run `precision` here ("" when it can)."""
+    spec = BACKENDS[name]
+    return spec.unavailable_for(precision) if spec.unavailable_for is not None else ""
 
 
 def backend_installed(name: str) -> bool:
@@ -236,11 +257,25 @@ def _native_accepts(module: Any) -> bool:
     return isinstance(module, MobileNetV2) and not module.arch.blocks[0].has_expand
 
 
-def _native_runner(module: nn.Module, precision: str, threads: int | None) -> Runner:
-    """The fused inverted-residual engine (`runtime.native`), BN folded, weights packed once."""
+def _native_int8_unavailable(precision: str) -> str:
+    if precision != "int8":
+        return ""
+    from mobilenetv2.runtime.native.int8 import int8_isas
+
+    return "" if int8_isas() else ("the native backend has no int8 kernels for this CPU "
+                                   "(they need AVX2)")
+
+
+def _native_runner(source: Any, precision: str, threads: int | None) -> Runner:
+    """fp32: the fused inverted-residual engine (`runtime.native`) on the module, BN folded;
+    int8: the int8 engine (`runtime.native.int8`) on our QDQ `.int8.onnx` file."""
+    if precision == "int8":
+        from mobilenetv2.runtime.native.int8 import NativeInt8Engine
+
+        return NativeInt8Engine(source, threads=threads)
     from mobilenetv2.runtime.native import NativeEngine
 
-    return NativeEngine(module, threads=threads)
+    return NativeEngine(source, threads=threads)
 
 
 def _phone_runner(kind: str) -> Callable[[Any, str, int | None], Runner]:
@@ -255,8 +290,9 @@ def _phone_runner(kind: str) -> Callable[[Any, str, int | None], Runner]:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("native", "mobilenetv2", ("fp32",), "module", _native_runner,
-            unavailable=_native_unavailable, accepts=_native_accepts),
+    Backend("native", "mobilenetv2", ("fp32", "int8"), "module", _native_runner,
+            unavailable=_native_unavailable, accepts=_native_accepts,
+            runs_for=(("int8", "onnx"),), unavailable_for=_native_int8_unavailable),
     Backend("torch", "torch", ("fp32", "bf16"), "module", _torch_runner),
     Backend("onnxruntime", "onnxruntime", ("fp32", "int8"), "onnx", _onnxruntime_runner),
     Backend("openvino", "openvino", ("fp32", "bf16", "int8"), "onnx", _openvino_runner),
@@ -270,7 +306,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 AUTO_ORDER = {
     "fp32": ("native", "onnxruntime", "openvino", "torch"),
     "bf16": ("openvino", "torch"),
-    "int8": ("openvino", "onnxruntime"),
+    # the native int8 engine races OpenVINO and ONNX Runtime where built (an int8 file it
+    # cannot run drops it from the race, session.py)
+    "int8": ("native", "openvino", "onnxruntime"),
 }
 
 

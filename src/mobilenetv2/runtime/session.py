@@ -38,6 +38,8 @@ from mobilenetv2.runtime.backends import (
     Runner,
     available_backends,
     backend_installed,
+    precision_unavailable,
+    source_kind,
 )
 from mobilenetv2.runtime.phone import PHONE_SUFFIXES
 from mobilenetv2.runtime.race import race
@@ -85,7 +87,7 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
         candidates = tuple(b for b in BACKENDS if BACKENDS[b].runs in files)
     phone = backend != "auto" and BACKENDS[backend].runs not in ("module", "onnx")
     if not module:
-        candidates = tuple(b for b in candidates if BACKENDS[b].runs != "module")
+        candidates = tuple(b for b in candidates if source_kind(b, precision) != "module")
         if not candidates:
             raise UserError("the torch backend runs our .safetensors weights, not .onnx, "
                             ".tflite or .pte files; use --backend onnxruntime, openvino, "
@@ -101,8 +103,11 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
             raise UserError(f"backend {backend} is not installed (pip install "
                             f"{BACKENDS[backend].package}); installed: "
                             f"{', '.join(available_backends())}")
-    runnable = [b for b in candidates if BACKENDS[b].runs == "module"
-                or (BACKENDS[b].runs == "onnx" and onnx) or BACKENDS[b].runs in files]
+        if precision_unavailable(backend, precision):
+            raise UserError(precision_unavailable(backend, precision))
+    runnable = [b for b in candidates if source_kind(b, precision) == "module"
+                or (source_kind(b, precision) == "onnx" and onnx)
+                or source_kind(b, precision) in files]
     if not runnable:
         if phone:
             kind = BACKENDS[backend].runs
@@ -117,7 +122,8 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
                         f"which exports the model")
     if backend != "auto":
         return [backend]
-    installed = [b for b in runnable if backend_installed(b)]
+    installed = [b for b in runnable if backend_installed(b)
+                 and not precision_unavailable(b, precision)]
     if not installed:
         raise UserError(f"no installed backend runs {precision} (tried "
                         f"{', '.join(candidates)}; pip install "
@@ -217,9 +223,18 @@ class InferenceSession:
         names = choose_backends(backend, precision, module=self.module is not None,
                                 onnx=self.onnx_path is not None, files=files,
                                 refused=refused)
+        if backend == "auto" and len(names) > 1 and names[0] == "native" and \
+                precision == "int8":
+            # the native int8 engine runs our own QDQ export only: on another int8 file it
+            # says why in one line, and `auto` goes on without it
+            try:
+                self._native_int8 = self._build("native")
+            except UserError as exc:
+                log.info("native int8 engine left out: %s", exc)
+                names = names[1:]
         self.backend = names[0]
         self._alternates = names[1:]
-        self._run = self._build(self.backend)
+        self._run = getattr(self, "_native_int8", None) or self._build(self.backend)
         self._runners: dict[str, Runner] = {self.backend: self._run}
         self.chosen: dict[tuple[int, ...], str] = {}
         log.debug("InferenceSession: %s", self.describe())
@@ -265,8 +280,8 @@ class InferenceSession:
 
     def _build(self, name: str) -> Runner:
         spec = BACKENDS[name]
-        source = {"module": self.module, "onnx": self.onnx_path}.get(spec.runs,
-                                                                     self.phone_path)
+        source = {"module": self.module, "onnx": self.onnx_path}.get(
+            source_kind(name, self.precision), self.phone_path)
         return spec.build(source, self.precision, self.threads)
 
     def describe(self) -> str:

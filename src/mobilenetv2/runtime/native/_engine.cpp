@@ -29,6 +29,12 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>  // the int8 engine's kernels (_int8.inc)
+#endif
+#include <math.h>
+#include <stdint.h>
+
 namespace {
 
 constexpr int KIND_STEM = 0, KIND_EXPAND = 1, KIND_DIRECT = 2;
@@ -764,8 +770,12 @@ PyObject* cpu_isas(PyObject*, PyObject*) {
   return out;
 }
 
+// The int8 engine: its own Python type, sharing the pool and helpers above.
+#include "_int8.inc"
+
 PyMethodDef module_methods[] = {
     {"cpu_isas", cpu_isas, METH_NOARGS, "ISAs this CPU runs, widest first"},
+    {"int8_isas", int8_isas, METH_NOARGS, "int8 ISAs this CPU runs, widest first"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_engine",
@@ -793,6 +803,10 @@ PyMODINIT_FUNC PyInit__engine(void) {
   Py_INCREF(&EngineType);
   if (PyModule_AddObject(m, "Engine", reinterpret_cast<PyObject*>(&EngineType)) < 0) {
     Py_DECREF(&EngineType);
+    Py_DECREF(m);
+    return nullptr;
+  }
+  if (int8_register(m) < 0) {
     Py_DECREF(m);
     return nullptr;
   }
