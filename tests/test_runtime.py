@@ -368,7 +368,7 @@ def test_int8_from_float_weights_with_calibration(digits_weights) -> None:
     real = load(digits_weights)
     x, y = labelled_arrays("digits", real.meta.preprocessing, limit=64)
     with open_session(real, precision="int8", calib="digits", threads=1) as sess:
-        assert sess.precision == "int8" and sess.backend in ("openvino", "onnxruntime")
+        assert sess.precision == "int8" and sess.backend in ("native", "openvino", "onnxruntime")
         folder = sess.onnx_path.parent
         assert folder.is_dir()
         ref = reference(real, x).argmax(1)
