@@ -136,6 +136,47 @@ def test_phone_runtimes_are_peers_in_the_targets() -> None:
     assert "fp32: onnxruntime direct fp32, executorch xnnpack fp32" in format_markdown(report)
 
 
+def test_native_targets_use_the_issues_peers() -> None:
+    """The native rows have their own bars (issue 13): fp32 latency <= 0.8x and throughput
+    >= 1.2x the fastest peer; int8 latency <= 0.8x the fastest of OpenVINO and XNNPACK, so
+    ONNX Runtime's int8 is not its bar."""
+    variants = [variant("torchvision eager", "baseline", "torch", "fp32"),
+                variant("ours native fp32", "ours", "native", "fp32"),
+                variant("ours native int8", "ours", "native", "int8"),
+                variant("onnxruntime direct fp32", "peer", "onnxruntime", "fp32"),
+                variant("onnxruntime direct int8", "peer", "onnxruntime", "int8"),
+                variant("openvino direct int8", "peer", "openvino", "int8"),
+                variant("litert xnnpack int8", "phone", "litert", "int8")]
+    timings = {
+        "torchvision eager": _timings([10.0, 10.0], [100.0, 100.0]),
+        "ours native fp32": _timings([3.0, 3.0], [300.0, 300.0]),
+        "ours native int8": _timings([3.0, 3.0], [300.0, 300.0]),
+        "onnxruntime direct fp32": _timings([4.0, 4.0], [200.0, 200.0]),
+        "onnxruntime direct int8": _timings([2.0, 2.0], [400.0, 400.0]),
+        "openvino direct int8": _timings([5.0, 6.0], [200.0, 200.0]),
+        "litert xnnpack int8": _timings([6.0, 4.0], [100.0, 100.0]),
+    }
+    peak = CpuPeak(model="test", cores=2, ghz=2.0, flops_per_cycle=25, isa="test")
+    config = {"batch": 4, "rounds": 2, "runs": 2, "batch_runs": 1, "size": 64}
+    report = make_report(config, variants, timings, "test model", 2, 10**8, peak,
+                         {"torch": "x"})
+    fp32, int8 = report["targets"]
+    assert fp32["ours"] == "ours native fp32" and fp32["latency_target"] == 0.8
+    assert fp32["latency_ratio_vs_fastest_peer"] == pytest.approx(0.75)  # 3 / 4 ms
+    assert fp32["throughput_ratio_vs_fastest_peer"] == pytest.approx(1.5)  # 300 / 200
+    assert int8["peers"] == ["openvino direct int8", "litert xnnpack int8"]
+    # fastest of OpenVINO and LiteRT per round: 5, 4 ms -> 0.6, 0.75 -> median 0.675
+    assert int8["latency_ratio_vs_fastest_peer"] == pytest.approx(0.675)
+    md = format_markdown(report)
+    assert "| fp32 batch-1 latency, ours native fp32 / fastest peer | 0.750 | <= 0.8 | yes |" \
+        in md
+    assert "| fp32 batch-4 throughput, ours native fp32 / fastest peer | 1.500 | >= 1.2 | yes |" \
+        in md
+    assert "| int8 batch-1 latency, ours native int8 / fastest peer | 0.675 | <= 0.8 | yes |" \
+        in md
+    assert "int8 batch-4 throughput, ours native int8" not in md
+
+
 def test_benchmark_model_switches_padding_keeping_the_weights() -> None:
     """Both padding modes are timed with the same real weights (issue 13)."""
     from mobilenetv2.benchmark.variants import _with_padding, benchmark_model
