@@ -30,7 +30,8 @@ from torch import nn
 
 from mobilenetv2.errors import UserError
 
-__all__ = ["AVAILABLE", "UNAVAILABLE", "NativeEngine", "cpu_isas", "default_threads"]
+__all__ = ["AVAILABLE", "UNAVAILABLE", "NativeEngine", "checked_batch", "cpu_isas",
+           "default_threads"]
 
 try:
     from mobilenetv2.runtime.native import _engine  # type: ignore[attr-defined]
@@ -135,6 +136,22 @@ def _spec(model: nn.Module) -> tuple[tuple, tuple, tuple, bool]:
     return tuple(spec), head, (fc.out_features, fc_w, fc_b), padding == "tf_same"
 
 
+def checked_batch(x: Any, engine: str) -> np.ndarray:
+    """`x` as the float32 (N, 3, H, W) numpy batch both native engines take (a CPU tensor is
+    converted); anything else is a one-line UserError naming `engine`."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise UserError(f"{engine} takes a numpy float32 array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise UserError(f"{engine} runs float32 input, got {x.dtype}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise UserError(f"expected an image batch of shape (N, 3, H, W), got {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise UserError("the batch is empty")
+    return x
+
+
 class NativeEngine:
     """MobileNetV2 classifier inference on the native fused engine (module docstring).
 
@@ -192,18 +209,7 @@ class NativeEngine:
 
     def __call__(self, x: Any) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 (N, 3, H, W) batch."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        if not isinstance(x, np.ndarray):
-            raise UserError(f"the native engine takes a numpy float32 array, got "
-                            f"{type(x).__name__}")
-        if x.dtype != np.float32:
-            raise UserError(f"the native engine runs float32 input, got {x.dtype}")
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise UserError(f"expected an image batch of shape (N, 3, H, W), got "
-                            f"{tuple(x.shape)}")
-        if x.shape[0] < 1:
-            raise UserError("the batch is empty")
+        x = checked_batch(x, "the native engine")
         if min(x.shape[2:]) < self.min_input_size:
             raise UserError(f"input {x.shape[2]}x{x.shape[3]} is smaller than this network "
                             f"allows (at least {self.min_input_size}x{self.min_input_size})")

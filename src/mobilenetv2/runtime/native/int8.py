@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mobilenetv2.errors import UserError
-from mobilenetv2.runtime.native import UNAVAILABLE, _engine, default_threads
+from mobilenetv2.runtime.native import UNAVAILABLE, _engine, checked_batch, default_threads
 from mobilenetv2.runtime.native.int8_qdq import int8_ops, int8_tensor_names
 
 __all__ = ["NativeInt8Engine", "int8_isas", "int8_ops", "int8_tensor_names"]
@@ -94,23 +94,7 @@ class NativeInt8Engine:
 
     def __call__(self, x: Any) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 (N, 3, H, W) batch."""
-        try:
-            import torch
-
-            if isinstance(x, torch.Tensor):
-                x = x.detach().cpu().numpy()
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
-        if not isinstance(x, np.ndarray):
-            raise UserError(f"the native int8 engine takes a numpy float32 array, got "
-                            f"{type(x).__name__}")
-        if x.dtype != np.float32:
-            raise UserError(f"the native int8 engine runs float32 input, got {x.dtype}")
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise UserError(f"expected an image batch of shape (N, 3, H, W), got "
-                            f"{tuple(x.shape)}")
-        if x.shape[0] < 1:
-            raise UserError("the batch is empty")
+        x = checked_batch(x, "the native int8 engine")
         if self.input_size is not None and tuple(x.shape[2:]) != self.input_size:
             raise UserError(f"{self.path.name} was exported for {self.input_size[0]}x"
                             f"{self.input_size[1]} images, got {x.shape[2]}x{x.shape[3]}")
