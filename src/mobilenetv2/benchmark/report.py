@@ -71,47 +71,41 @@ def make_report(config: Mapping[str, Any], variants: list[Variant],
             "roofline_fraction_batch1": flops / lat / (peak.gflops * 1e9),
             f"roofline_fraction_batch{b}": flops * thr / (peak.gflops * 1e9),
         })
+    def target(precision: str, ours: Variant, peer_names: list[str], latency: float,
+               throughput: float | None) -> dict[str, Any]:
+        """`ours` against the fastest of `peer_names` in each round (per-round medians)."""
+        mine, peers = timings[ours.name], [timings[n] for n in peer_names]
+        best_b1 = [min(statistics.median(p.batch1[r]) for p in peers) for r in range(rounds)]
+        best_b = [max(p.images_per_s[r] for p in peers) for r in range(rounds)]
+        return {
+            "precision": precision, "ours": ours.name, "peers": peer_names,
+            "latency_ratio_vs_fastest_peer": _med_ratio(
+                [statistics.median(t) for t in mine.batch1], best_b1),
+            "latency_target": latency,
+            "throughput_ratio_vs_fastest_peer": _med_ratio(mine.images_per_s, best_b),
+            "throughput_target": throughput,
+        }
+
+    def peers_of(precision: str, skip: str = "") -> list[str]:
+        # ONNX Runtime and OpenVINO called directly, and the phone runtimes (LiteRT,
+        # ExecuTorch on XNNPACK) where timed -- the fastest of them all is the bar
+        return [v.name for v in variants if v.kind in ("peer", "phone")
+                and v.precision == precision and v.backend != skip]
+
     targets = []
     for precision in ("fp32", "bf16", "int8"):
         ours = auto_variant(variants, precision)
-        # the peers: ONNX Runtime and OpenVINO called directly, and the phone runtimes
-        # (LiteRT, ExecuTorch on XNNPACK) where timed -- the fastest of them all is the bar
-        peer_names = [v.name for v in variants if v.kind in ("peer", "phone")
-                      and v.precision == precision]
-        peers = [timings[n] for n in peer_names]
-        if ours is None or not peers:
-            continue
-        mine = timings[ours.name]
-        ours_b1 = [statistics.median(t) for t in mine.batch1]
-        best_b1 = [min(statistics.median(p.batch1[r]) for p in peers) for r in range(rounds)]
-        best_b = [max(p.images_per_s[r] for p in peers) for r in range(rounds)]
-        targets.append({
-            "precision": precision, "ours": ours.name, "peers": peer_names,
-            "latency_ratio_vs_fastest_peer": _med_ratio(ours_b1, best_b1),
-            "latency_target": LATENCY_TARGET,
-            "throughput_ratio_vs_fastest_peer": _med_ratio(mine.images_per_s, best_b),
-            "throughput_target": THROUGHPUT_TARGET,
-        })
+        if ours is not None and peers_of(precision):
+            targets.append(target(precision, ours, peers_of(precision), LATENCY_TARGET,
+                                  THROUGHPUT_TARGET))
     for precision in ("fp32", "int8"):
         native = next((v for v in variants if v.kind == "ours" and v.backend == "native"
                        and v.precision == precision), None)
-        peer_names = [v.name for v in variants if v.kind in ("peer", "phone")
-                      and v.precision == precision
-                      and (precision == "fp32" or v.backend != "onnxruntime")]
-        if native is None or not peer_names:
-            continue
-        mine, peers = timings[native.name], [timings[n] for n in peer_names]
-        best_b1 = [min(statistics.median(p.batch1[r]) for p in peers) for r in range(rounds)]
-        best_b = [max(p.images_per_s[r] for p in peers) for r in range(rounds)]
-        targets.append({
-            "precision": precision, "ours": native.name, "peers": peer_names,
-            "latency_ratio_vs_fastest_peer": _med_ratio(
-                [statistics.median(t) for t in mine.batch1], best_b1),
-            "latency_target": NATIVE_LATENCY_TARGET,
-            "throughput_ratio_vs_fastest_peer": _med_ratio(mine.images_per_s, best_b),
-            # int8 has a latency target only (issue 13)
-            "throughput_target": NATIVE_THROUGHPUT_TARGET if precision == "fp32" else None,
-        })
+        # int8's bar is OpenVINO and XNNPACK, and it has a latency target only (issue 13)
+        names = peers_of(precision, skip="onnxruntime" if precision == "int8" else "")
+        if native is not None and names:
+            targets.append(target(precision, native, names, NATIVE_LATENCY_TARGET,
+                                  NATIVE_THROUGHPUT_TARGET if precision == "fp32" else None))
     fp32 = auto_variant(variants, "fp32")
     default = None
     if fp32 is not None:

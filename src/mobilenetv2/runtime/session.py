@@ -97,17 +97,18 @@ def choose_backends(backend: str, precision: str, *, module: bool, onnx: bool,
             hint = ", ".join(b for b in BACKENDS if precision in BACKENDS[b].precisions)
             raise UserError(f"backend {backend} cannot run {precision} "
                             f"(backends for {precision}: {hint})")
-        if BACKENDS[backend].unavailable is not None and BACKENDS[backend].unavailable():
-            raise UserError(BACKENDS[backend].unavailable())
+        spec = BACKENDS[backend]
+        if spec.unavailable is not None and (why := spec.unavailable()):
+            raise UserError(why)
         if not backend_installed(backend):
             raise UserError(f"backend {backend} is not installed (pip install "
                             f"{BACKENDS[backend].package}); installed: "
                             f"{', '.join(available_backends())}")
-        if precision_unavailable(backend, precision):
-            raise UserError(precision_unavailable(backend, precision))
-    runnable = [b for b in candidates if source_kind(b, precision) == "module"
-                or (source_kind(b, precision) == "onnx" and onnx)
-                or source_kind(b, precision) in files]
+        if why := precision_unavailable(backend, precision):
+            raise UserError(why)
+    runnable = [b for b in candidates
+                if (kind := source_kind(b, precision)) == "module"
+                or (kind == "onnx" and onnx) or kind in files]
     if not runnable:
         if phone:
             kind = BACKENDS[backend].runs
@@ -223,18 +224,19 @@ class InferenceSession:
         names = choose_backends(backend, precision, module=self.module is not None,
                                 onnx=self.onnx_path is not None, files=files,
                                 refused=refused)
+        run: Runner | None = None
         if backend == "auto" and len(names) > 1 and names[0] == "native" and \
                 precision == "int8":
             # the native int8 engine runs our own QDQ export only: on another int8 file it
             # says why in one line, and `auto` goes on without it
             try:
-                self._native_int8 = self._build("native")
+                run = self._build("native")
             except UserError as exc:
                 log.info("native int8 engine left out: %s", exc)
                 names = names[1:]
         self.backend = names[0]
         self._alternates = names[1:]
-        self._run = getattr(self, "_native_int8", None) or self._build(self.backend)
+        self._run = run if run is not None else self._build(self.backend)
         self._runners: dict[str, Runner] = {self.backend: self._run}
         self.chosen: dict[tuple[int, ...], str] = {}
         log.debug("InferenceSession: %s", self.describe())
