@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,19 @@ class TopKMetrics:
         return (c.diagonal() / c.sum(1).clamp(min=1)).tolist()
 
 
+def eval_batches(loader: Any, device: torch.device, memory_format: torch.memory_format,
+                 skipped: list[str], *, desc: str = "eval", progress: bool = True,
+                 ) -> Iterator[tuple[torch.Tensor, Any]]:
+    """The batches of `loader` (images, targets, paths it could not read) that hold images,
+    the images on `device` in `memory_format`, under a progress bar; the unreadable paths are
+    appended to `skipped` (every evaluation reports them instead of failing on them)."""
+    for x, y, bad in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                          disable=not progress):
+        skipped += [str(b) for b in bad]
+        if len(x):
+            yield x.to(device, non_blocking=True, memory_format=memory_format), y
+
+
 @torch.no_grad()
 def topk_metrics(
     model: nn.Module,
@@ -89,12 +102,8 @@ def topk_metrics(
     sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss*n, top1, topk, n
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     skipped: list[str] = []
-    for x, y, bad in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                          disable=not progress):
-        skipped += [str(b) for b in bad]
-        if not len(x):
-            continue
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
+    for x, y in eval_batches(loader, device, memory_format, skipped, desc=desc,
+                             progress=progress):
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x).float()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 
 from mobilenetv2.cli.options import option, shared
+from mobilenetv2.cli.report import report_results
 
 __all__ = ["Args", "run"]
 
@@ -48,17 +48,15 @@ def run(args: Args) -> int:
                             score_threshold=args.score_threshold,
                             iou_threshold=args.iou_threshold,
                             max_detections=args.max_detections)
-    for r in results:
-        if r.error:
-            print(f"mobilenetv2 detect: error: {r.error}", file=sys.stderr)
-    if args.json:
-        print("[" + ",\n ".join(json.dumps(r) for r in coco_results_of(results)) + "]")
-    else:
-        for r in results:
-            if r.ok:
-                print(f"{r.path}: {len(r.detections)} object(s) -> {r.png}")
-                for d in r.detections:
-                    x1, y1, x2, y2 = d["box"]
-                    print(f"  {d['score']:6.3f}  {d['label']:<12} "
-                          f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
-    return 1 if any(not r.ok for r in results) else 0
+
+    def lines(r):
+        yield f"{r.path}: {len(r.detections)} object(s) -> {r.png}"
+        for d in r.detections:
+            x1, y1, x2, y2 = d["box"]
+            yield f"  {d['score']:6.3f}  {d['label']:<12} [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]"
+
+    return report_results(
+        "detect", results,
+        (lambda: "[" + ",\n ".join(json.dumps(r) for r in coco_results_of(results)) + "]")
+        if args.json else None,
+        lines)

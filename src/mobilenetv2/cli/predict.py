@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mobilenetv2.cli.backend import RuntimeArgs, model_and_session, session_runner
 from mobilenetv2.cli.options import option, shared
+from mobilenetv2.cli.report import report_results
 
 __all__ = ["Args", "run"]
 
@@ -49,15 +50,7 @@ def run(args: Args) -> int:
         print(f"running on {session.describe()}", file=sys.stderr)
     results = predict(model, args.paths, topk=args.topk, batch_size=args.batch_size,
                       runner=session_runner(session), progress=sys.stderr.isatty())
-    for r in results:
-        if r.error:
-            print(f"mobilenetv2 predict: error: {r.error}", file=sys.stderr)
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            if r.ok:
-                print(r.path)
-                for index, label, prob in r.top:
-                    print(f"  {prob:7.4f}  {label} ({index})")
-    return 1 if any(not r.ok for r in results) else 0
+    return report_results(
+        "predict", results,
+        (lambda: json.dumps([r.to_dict() for r in results], indent=2)) if args.json else None,
+        lambda r: [r.path] + [f"  {prob:7.4f}  {label} ({index})" for index, label, prob in r.top])

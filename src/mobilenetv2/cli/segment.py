@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from mobilenetv2.cli.options import option, shared
+from mobilenetv2.cli.report import report_results
 
 __all__ = ["Args", "run"]
 
@@ -48,16 +49,14 @@ def run(args: Args) -> int:
     results = segment(model, args.paths, args.out,
                       scales=MF_SCALES if args.multi_scale else (1.0,), flip=args.flip,
                       progress=sys.stderr.isatty())
-    for r in results:
-        if r.error:
-            print(f"mobilenetv2 segment: error: {r.error}", file=sys.stderr)
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            if r.ok:
-                print(r.path)
-                for name, index, share in r.classes:
-                    print(f"  {share:7.2%}  {name} ({index})")
-                print(f"  labels:  {r.labels_png}\n  overlay: {r.overlay_png}")
-    return 1 if any(not r.ok for r in results) else 0
+
+    def lines(r):
+        yield r.path
+        for name, index, share in r.classes:
+            yield f"  {share:7.2%}  {name} ({index})"
+        yield f"  labels:  {r.labels_png}\n  overlay: {r.overlay_png}"
+
+    return report_results(
+        "segment", results,
+        (lambda: json.dumps([r.to_dict() for r in results], indent=2)) if args.json else None,
+        lines)

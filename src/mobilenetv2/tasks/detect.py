@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mobilenetv2._files import atomic_write
 from mobilenetv2.config import RunConfig
@@ -36,6 +35,7 @@ from mobilenetv2.data.detection import (
     load_voc,
 )
 from mobilenetv2.errors import UserError
+from mobilenetv2.evaluate import eval_batches
 from mobilenetv2.model.heads.anchors import ssd_anchors
 from mobilenetv2.model.heads.ssd_loss import ssd_loss
 from mobilenetv2.model.heads.ssd_post import postprocess
@@ -235,12 +235,8 @@ def evaluate_detector(model: nn.Module, loader: torch.utils.data.DataLoader,
     gts, dets = [], []
     loss_sum, n, skipped = 0.0, 0, []
     num_classes = None
-    for x, targets, bad in tqdm(loader, desc=desc, disable=not progress, leave=False,
-                                dynamic_ncols=True):
-        skipped += [str(b) for b in bad]
-        if not len(x):
-            continue
-        x = x.to(device, memory_format=memory_format)
+    for x, targets in eval_batches(loader, device, memory_format, skipped, desc=desc,
+                                   progress=progress):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             codes, logits = run(x)
         codes, logits = torch.as_tensor(codes).float(), torch.as_tensor(logits).float()

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mobilenetv2._files import atomic_write
 from mobilenetv2.errors import UserError
-from mobilenetv2.evaluate import save_figure
+from mobilenetv2.evaluate import eval_batches, save_figure
 
 __all__ = [
     "IGNORE_INDEX",
@@ -150,12 +149,8 @@ def segment_metrics(
     images = torch.zeros(1, dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     skipped: list[str] = []
-    for x, y, bad in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                          disable=not progress):
-        skipped += [str(b) for b in bad]
-        if not len(x):
-            continue
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
+    for x, y in eval_batches(loader, device, memory_format, skipped, desc=desc,
+                             progress=progress):
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             probs, logits = segment_probs(model, x, scales, flip)
