@@ -98,7 +98,7 @@ struct Kernels {
   int vw;
   void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
   void (*head)(const HeadPlan&, const float*, int, int, float*, float*);
-  void (*fc)(const HeadPlan&, const float*, int, int, float*);
+  void (*fc)(const HeadPlan&, const float*, int, int, float*, const float*);
   void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
   void (*reduce)(float*, long, long, int, int, long);
 };
@@ -467,7 +467,8 @@ void plan_shape(Engine* e, int H, int W) {
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
-  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
+  // run_head's HEAD_PIX x NR*VW, then this thread's channel means and partial logits
+  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p + pad_to(hp.classes, vw));
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -477,10 +478,11 @@ void plan_shape(Engine* e, int H, int W) {
 
 // One image, all layers, rows split over the pool's threads (batch 1), or, with `solo`, the
 // whole image on the calling thread (large batches: one image per thread, no barriers).
-// `times` (thread 0, when profiling): seconds since the start at the end of each layer.
+// `more`: another image follows in this job (rows split). `times` (thread 0, when profiling):
+// seconds since the start at the end of each layer.
 
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
-               double* times = nullptr) {
+               bool more, double* times = nullptr) {
   const double t0 = times ? now_s() : 0.0;
   const int T = solo ? 1 : e->threads;
   const int me = solo ? 0 : tid;
@@ -516,13 +518,30 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
   float* pooled = (*e->pooled)[solo ? tid : 0].p;
   e->k->head(hp, in, c0, c1, scr, pooled);
-  if (!solo) e->pool->barrier();
-  float* mine = scr;  // the head is done: its scratch holds this thread's mean
+  // The head is done: its scratch holds this thread's channel means, then its partial logits
+  // (the classifier over its own head channels: no barrier between the head and the
+  // classifier). Thread 0 writes bias + its partial into the logits and, after the one
+  // barrier, adds the others'. A last barrier only when another image follows in this job
+  // (its first block reuses the scratch holding the partials); after the job's last image
+  // the pool's end of job is that wait.
+  float* mean = scr;
+  float* part = scr + hp.cout_p;
   const float inv = 1.0f / (float)((long)hp.h * hp.w);
-  for (int c = 0; c < hp.cout_p; ++c) mine[c] = pooled[c] * inv;
-  const int j0 = (int)((long)hp.classes * me / T), j1 = (int)((long)hp.classes * (me + 1) / T);
-  e->k->fc(hp, mine, j0, j1, logits);
-  if (!solo) e->pool->barrier();  // the next image reuses the pools and activations
+  for (int c = c0; c < c1; ++c) mean[c] = pooled[c] * inv;
+  if (me == 0) {
+    e->k->fc(hp, mean, c0, c1, logits, hp.bf);
+  } else {
+    e->k->fc(hp, mean, c0, c1, part, nullptr);
+  }
+  if (!solo) {
+    e->pool->barrier();
+    if (me == 0)
+      for (int t = 1; t < T; ++t) {
+        const float* other = (*e->scratch)[t].p + hp.cout_p;
+        for (int j = 0; j < hp.classes; ++j) logits[j] += other[j];
+      }
+    if (more) e->pool->barrier();
+  }
   if (times) times[plans.size()] = now_s() - t0;
 }
 
@@ -770,16 +789,18 @@ PyObject* engine_run(Engine* e, PyObject* args) {
         // shared machine one thread may get less of its core, and a fixed split would leave
         // the other waiting for it at the end of the batch.
         for (int i; (i = next_image.fetch_add(1, std::memory_order_relaxed)) < solo_imgs;)
-          run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid);
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid,
+                    false);
         e->pool->barrier();
       } else if (T == 1) {
         for (int i = 0; i < N; ++i)
-          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, tp);
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, false,
+                    tp);
         return;
       }
       for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
         run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
-                  tid == 0 ? tp : nullptr);
+                  i + 1 < N, tid == 0 ? tp : nullptr);
     });
   }
   Py_END_ALLOW_THREADS;
