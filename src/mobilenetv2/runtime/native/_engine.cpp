@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
+#include <sys/mman.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #endif
@@ -97,7 +98,7 @@ struct Kernels {
   int vw;
   void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
   void (*head)(const HeadPlan&, const float*, int, int, float*, float*);
-  void (*fc)(const HeadPlan&, const float*, int, int, float*);
+  void (*fc)(const HeadPlan&, const float*, int, int, float*, const float*);
   void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
   void (*reduce)(float*, long, long, int, int, long);
 };
@@ -123,18 +124,38 @@ bool isa_supported(const std::string& name) {
 }
 
 // ------------------------------------------------------------------ aligned float buffers
+// Large buffers on transparent huge pages where the kernel offers them only on request
+// (THP "madvise" mode, the default of many distributions): 2 MiB-aligned and madvised
+// before their first touch. The packed fp32 weights are ~14 MB at width 1.0; in 4 KiB pages
+// every forward walks ~3,500 pages, more than Zen 3's 2,048-entry L2 TLB holds.
+constexpr size_t HUGE_PAGE = 2u << 20;
+
+void* alloc_huge(size_t bytes) {
+  const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  void* q = nullptr;
+  if (posix_memalign(&q, HUGE_PAGE, rounded) != 0) return nullptr;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(q, rounded, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
+#endif
+  return q;
+}
+
 struct Buf {
   float* p = nullptr;
   size_t n = 0;
+  bool own = true;  // false: a view into an Arena (weights after Arena::adopt)
   Buf() = default;
   Buf(const Buf&) = delete;
   Buf& operator=(const Buf&) = delete;
-  ~Buf() { free(p); }
+  ~Buf() {
+    if (own) free(p);
+  }
   bool reserve(size_t count) {  // zero-filled; keeps the buffer when large enough
     if (count <= n && p) return true;
-    free(p);
+    if (own) free(p);
     p = nullptr;
     n = 0;
+    own = true;
     void* q = nullptr;
     if (posix_memalign(&q, 64, std::max<size_t>(count, 1) * sizeof(float)) != 0) return false;
     p = static_cast<float*>(q);
@@ -143,6 +164,31 @@ struct Buf {
     return true;
   }
   size_t bytes() const { return n * sizeof(float); }
+};
+
+// One huge-page region holding many buffers (the packed weights): packed one by one into
+// ordinary buffers at load time, then moved here together, so the whole set spans a handful
+// of 2 MiB pages instead of thousands of 4 KiB ones.
+struct Arena {
+  void* base = nullptr;
+  ~Arena() { free(base); }
+  bool adopt(const std::vector<Buf*>& bufs) {
+    size_t total = 0;
+    for (const Buf* b : bufs) total += (b->bytes() + 63) / 64 * 64;
+    if (total == 0) return true;
+    base = alloc_huge(total);
+    if (!base) return false;  // keep the ordinary buffers
+    char* at = static_cast<char*>(base);
+    for (Buf* b : bufs) {
+      if (!b->p) continue;
+      memcpy(at, b->p, b->bytes());
+      if (b->own) free(b->p);
+      b->p = reinterpret_cast<float*>(at);
+      b->own = false;
+      at += (b->bytes() + 63) / 64 * 64;
+    }
+    return true;
+  }
 };
 
 // ------------------------------------------------------------------ the thread pool
@@ -314,6 +360,7 @@ struct Engine {
   Buf* bh;
   Buf* wf;
   Buf* bf;
+  Arena* warena;  // every packed weight above, on huge pages
   Pool* pool;
   // per-shape state
   std::vector<BlockPlan>* plans;
@@ -389,9 +436,9 @@ void plan_shape(Engine* e, int H, int W) {
       s = (p.kind == KIND_DIRECT ? 0L : ipix * p.cs) + opix * p.cs;
     } else {
       // The channel slice: as wide as keeps the ring of expanded rows within ~32 KiB (L1/L2,
-      // section 5.1's "t" slices), at least two vectors so the micro-kernel has work. The
-      // stem block takes all its channels at once (32 at width 1.0): a slice would redo
-      // the stem's taps per slice and the projection's accumulation per slice.
+      // section 5.1's "t" slices; 40-64 KiB measured no faster), at least two vectors so the
+      // micro-kernel has work. The stem block takes all its channels at once (32 at width
+      // 1.0): a slice would redo the stem's taps and the projection's accumulation per slice.
       const long row = (long)p.win * 4 * p.ring;
       // (whole pairs of vectors: an odd count leaves the micro-kernel a 1-vector column)
       int cs = (int)((32 * 1024) / std::max(row, 1L)) / (2 * vw) * (2 * vw);
@@ -420,7 +467,8 @@ void plan_shape(Engine* e, int H, int W) {
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
-  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p);  // run_head's HEAD_PIX x NR*VW
+  // run_head's HEAD_PIX x NR*VW, then this thread's channel means and partial logits
+  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p + pad_to(hp.classes, vw));
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -430,10 +478,11 @@ void plan_shape(Engine* e, int H, int W) {
 
 // One image, all layers, rows split over the pool's threads (batch 1), or, with `solo`, the
 // whole image on the calling thread (large batches: one image per thread, no barriers).
-// `times` (thread 0, when profiling): seconds since the start at the end of each layer.
+// `more`: another image follows in this job (rows split). `times` (thread 0, when profiling):
+// seconds since the start at the end of each layer.
 
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
-               double* times = nullptr) {
+               bool more, double* times = nullptr) {
   const double t0 = times ? now_s() : 0.0;
   const int T = solo ? 1 : e->threads;
   const int me = solo ? 0 : tid;
@@ -469,13 +518,30 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
   float* pooled = (*e->pooled)[solo ? tid : 0].p;
   e->k->head(hp, in, c0, c1, scr, pooled);
-  if (!solo) e->pool->barrier();
-  float* mine = scr;  // the head is done: its scratch holds this thread's mean
+  // The head is done: its scratch holds this thread's channel means, then its partial logits
+  // (the classifier over its own head channels: no barrier between the head and the
+  // classifier). Thread 0 writes bias + its partial into the logits and, after the one
+  // barrier, adds the others'. A last barrier only when another image follows in this job
+  // (its first block reuses the scratch holding the partials); after the job's last image
+  // the pool's end of job is that wait.
+  float* mean = scr;
+  float* part = scr + hp.cout_p;
   const float inv = 1.0f / (float)((long)hp.h * hp.w);
-  for (int c = 0; c < hp.cout_p; ++c) mine[c] = pooled[c] * inv;
-  const int j0 = (int)((long)hp.classes * me / T), j1 = (int)((long)hp.classes * (me + 1) / T);
-  e->k->fc(hp, mine, j0, j1, logits);
-  if (!solo) e->pool->barrier();  // the next image reuses the pools and activations
+  for (int c = c0; c < c1; ++c) mean[c] = pooled[c] * inv;
+  if (me == 0) {
+    e->k->fc(hp, mean, c0, c1, logits, hp.bf);
+  } else {
+    e->k->fc(hp, mean, c0, c1, part, nullptr);
+  }
+  if (!solo) {
+    e->pool->barrier();
+    if (me == 0)
+      for (int t = 1; t < T; ++t) {
+        const float* other = (*e->scratch)[t].p + hp.cout_p;
+        for (int j = 0; j < hp.classes; ++j) logits[j] += other[j];
+      }
+    if (more) e->pool->barrier();
+  }
   if (times) times[plans.size()] = now_s() - t0;
 }
 
@@ -515,6 +581,7 @@ void engine_dealloc(Engine* e) {
   delete e->bh;
   delete e->wf;
   delete e->bf;
+  delete e->warena;
   delete e->plans;
   delete e->lanes_a;
   delete e->lanes_b;
@@ -565,6 +632,7 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   e->bh = new Buf();
   e->wf = new Buf();
   e->bf = new Buf();
+  e->warena = new Arena();
   e->plans = new std::vector<BlockPlan>();
   e->lanes_a = new std::vector<Buf>(threads);
   e->lanes_b = new std::vector<Buf>(threads);
@@ -668,6 +736,10 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
     PyErr_SetString(PyExc_ValueError, "the network must start with the stem-fused block 0");
     return -1;
   }
+  std::vector<Buf*> all = {e->wh, e->bh, e->wf, e->bf};
+  for (BlockWeights& B : *e->blocks)
+    for (Buf* b : {&B.we, &B.be, &B.ws, &B.bs, &B.wd, &B.bd, &B.wp, &B.bp}) all.push_back(b);
+  e->warena->adopt(all);
   return 0;
 }
 
@@ -717,16 +789,18 @@ PyObject* engine_run(Engine* e, PyObject* args) {
         // shared machine one thread may get less of its core, and a fixed split would leave
         // the other waiting for it at the end of the batch.
         for (int i; (i = next_image.fetch_add(1, std::memory_order_relaxed)) < solo_imgs;)
-          run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid);
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, true, tid,
+                    false);
         e->pool->barrier();
       } else if (T == 1) {
         for (int i = 0; i < N; ++i)
-          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, tp);
+          run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, false,
+                    tp);
         return;
       }
       for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
         run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
-                  tid == 0 ? tp : nullptr);
+                  i + 1 < N, tid == 0 ? tp : nullptr);
     });
   }
   Py_END_ALLOW_THREADS;
