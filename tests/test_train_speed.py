@@ -363,22 +363,3 @@ def test_retain_freed_memory_reuses_mapped_pages(mode, tmp_path) -> None:
         assert got["faults"] > got["pages"] // 2, got
         if mode != "wrapped":
             assert "defaults" in got["note"]
-
-
-def test_allocator_setting_only_for_tensors_glibc_does_not_reuse(monkeypatch) -> None:
-    """The setting is left off where a step's largest tensor is within glibc's own dynamic
-    reuse (the digits demo, where it only cost time), and applied above it (224 x 224 at
-    batch 32: the first expanded feature map, 32 x 96 x 112 x 112 floats)."""
-    from mobilenetv2.config import ModelConfig
-    from mobilenetv2.train import malloc
-    from mobilenetv2.train.setup import largest_activation
-
-    big = largest_activation(ModelConfig(width=1.0, num_classes=4), 224, 32)
-    assert big == 32 * 96 * 112 * 112 * 4
-    small = largest_activation(ModelConfig(width=0.5, num_classes=10, small_input=True), 32, 64)
-    assert small is not None and small <= malloc.GLIBC_OWN_REUSE < big
-    monkeypatch.delenv(malloc.ENV, raising=False)
-    monkeypatch.setattr(malloc, "_note", malloc._note)   # restored after the test
-    note = malloc.retain_freed_memory(small)
-    assert "defaults" in note and "within glibc's own reuse" in note
-    assert note == malloc.allocator_note()

@@ -13,12 +13,6 @@ each: glibc's defaults 2.99-3.35 s per step (about 670,000 page faults per step)
 wrapped to 0, see NEVER_TRIM) 2.13-3.38 s (220,000-350,000 faults). The cost: the process
 keeps its peak heap (max RSS 3.5 -> 4.2-4.4 GB there).
 
-It pays only for tensors above glibc's own dynamic mmap threshold, which follows the largest
-freed mapping up to 32 MiB on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): smaller tensors are reused
-from the heap already. Where a step's largest tensor fits under that, the setting is left
-off: on the digits demo (largest tensor ~13 MB) it gained nothing and measured slower (epochs
-of 13.1-16.4 s without it, 14.9-19.3 s with it, interleaved, docs/BENCHMARKS.md).
-
 The CLI's training applies it on CPUs (`train.setup.configure_torch`);
 `MOBILENETV2_MALLOC=system` leaves glibc's defaults. Other C libraries (musl, macOS) are
 left alone. The same effect for any process: `GLIBC_TUNABLES=` `TUNABLES` below.
@@ -32,11 +26,10 @@ import os
 import platform
 import sys
 
-__all__ = ["ENV", "GLIBC_OWN_REUSE", "TUNABLES", "allocator_note", "retain_freed_memory"]
+__all__ = ["ENV", "TUNABLES", "allocator_note", "retain_freed_memory"]
 
 ENV = "MOBILENETV2_MALLOC"
 MMAP_THRESHOLD = 1 << 30  # larger allocations still get their own mapping
-GLIBC_OWN_REUSE = 32 << 20  # glibc's dynamic mmap threshold stops growing here (64-bit)
 # mallopt takes a C int: -1 is "never trim" (man 3 mallopt). A value past 2**31 does not fit
 # and wraps (1 << 34 became 0, "trim on every free", which returned each step's freed top
 # of the heap to the kernel and defeated the setting); the tunable parses a size_t.
@@ -50,20 +43,12 @@ TUNABLES = (f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:"
 _note = "glibc malloc defaults (not changed)"
 
 
-def retain_freed_memory(largest: int | None = None) -> str:
+def retain_freed_memory() -> str:
     """Raise glibc's mmap and trim thresholds for this process; returns what was done (also
-    `allocator_note()`). Idempotent; a no-op off glibc or with `MOBILENETV2_MALLOC=system`.
-
-    Args:
-        largest: Bytes of a step's largest tensor, if known; at or under `GLIBC_OWN_REUSE`
-            glibc's defaults are kept (they reuse such tensors already).
-    """
+    `allocator_note()`). Idempotent; a no-op off glibc or with `MOBILENETV2_MALLOC=system`."""
     global _note
     if os.environ.get(ENV, "").strip().lower() == "system":
         _note = f"glibc malloc defaults ({ENV}=system)"
-    elif largest is not None and largest <= GLIBC_OWN_REUSE:
-        _note = (f"glibc malloc defaults (a step's largest tensor, {largest / 2**20:.0f} MiB, "
-                 "is within glibc's own reuse)")
     elif not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         _note = "system malloc (not glibc: left alone)"
     else:

@@ -46,12 +46,7 @@ from mobilenetv2.train.finetune import apply_freeze
 from mobilenetv2.train.malloc import allocator_note
 from mobilenetv2.train.optim import build_optimizer, lr_at
 from mobilenetv2.train.report import RunLog, plot_curves, write_report
-from mobilenetv2.train.setup import (
-    choose_step_setup,
-    configure_torch,
-    largest_activation,
-    seed_everything,
-)
+from mobilenetv2.train.setup import choose_step_setup, configure_torch, seed_everything
 from mobilenetv2.train.steptimer import StepTimer
 from mobilenetv2.train.tune import keep_fp32
 
@@ -186,8 +181,7 @@ class _Run:
 def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
            resume: str | os.PathLike | None, progress: bool) -> _Run:
     tc, dc = cfg.train, cfg.data
-    budget = configure_torch(tc, dc.num_workers, device, dist,
-                             largest_activation(cfg.model, cfg.model.resolution, dc.batch_size))
+    budget = configure_torch(tc, dc.num_workers, device, dist)
     seed_everything(tc.seed, dist.rank)
     size = cfg.model.resolution
     task = get_task(cfg.model.task)

@@ -7,7 +7,6 @@ which wires a run together from these.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 
@@ -15,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenetv2.config import ModelConfig, TrainConfig
-from mobilenetv2.profile import profile
+from mobilenetv2.config import TrainConfig
 from mobilenetv2.tasks import Task
 from mobilenetv2.train.amp import choose_amp, choose_memory_format
 from mobilenetv2.train.budget import Budget, available_cores, plan_budget
@@ -24,18 +22,17 @@ from mobilenetv2.train.distributed import DistInfo
 from mobilenetv2.train.malloc import retain_freed_memory
 from mobilenetv2.train.tune import Candidate, TuneChoice, choose_setup
 
-__all__ = ["choose_step_setup", "configure_torch", "largest_activation", "seed_everything"]
+__all__ = ["choose_step_setup", "configure_torch", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
 
 def configure_torch(tc: TrainConfig, workers: int, device: torch.device,
-                     dist: DistInfo, largest_tensor: int | None = None) -> Budget:
+                     dist: DistInfo) -> Budget:
     """Thread and loader-worker budget (`train.budget`), the allocator (`train.malloc`:
-    on CPUs a step's large tensors then reuse mapped pages; `largest_tensor`, bytes, from
-    `largest_activation`) and the torch switches."""
+    on CPUs a step's large tensors then reuse mapped pages) and the torch switches."""
     if device.type == "cpu":
-        retain_freed_memory(largest_tensor)
+        retain_freed_memory()
         # Under torchrun the processes on this machine share its cores.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.enabled else 1))
         budget = plan_budget(max(1, available_cores() // max(1, local)), workers, tc.threads)
@@ -55,17 +52,6 @@ def configure_torch(tc: TrainConfig, workers: int, device: torch.device,
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return budget
-
-
-def largest_activation(config: ModelConfig, size: int, batch: int) -> int | None:
-    """Bytes of the largest feature map a training step of `config` holds at `size` x `size`
-    and `batch` (fp32), from `profile`'s layer shapes; None where those are not modelled
-    (detection heads)."""
-    try:
-        prof = profile(config, size)
-    except ValueError:
-        return None
-    return max(math.prod(layer.out_shape) for layer in prof.layers) * batch * 4
 
 
 def choose_step_setup(tc: TrainConfig, device: torch.device, model: nn.Module, size: int,
