@@ -261,7 +261,8 @@ def _about(model: nn.Module, size: int, batch: int) -> dict[str, Any]:
 
 
 def _key(model: nn.Module, size: int, batch: int, names: list[str]) -> str:
-    about = {**_about(model, size, batch), "candidates": names}
+    # "rounds": entries measured in one round (before MEASURE_ROUNDS) are measured again
+    about = {**_about(model, size, batch), "candidates": names, "rounds": MEASURE_ROUNDS}
     return hashlib.sha1(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()
 
 
