@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenetv2 import VARIANTS, MobileNetV2, ModelConfig, create_model
-from mobilenetv2.model.layers import ConvBNAct, tf_same_padding
+from mobilenetv2.model.layers import ConvBNAct, ReLU6, tf_same_padding
 
 
 @pytest.mark.parametrize("name", [n for n, c in VARIANTS.items() if c.task == "classify"])
@@ -39,6 +39,30 @@ def test_module_names_follow_the_paper() -> None:
     assert isinstance(model.blocks[3].depthwise.act, nn.ReLU6)
     assert isinstance(model.blocks[3].expand.act, nn.ReLU6)
 
+
+
+def test_in_place_relu6_matches_torchs_values_and_gradients() -> None:
+    """The one-pass training ReLU6 gives torch's outputs and input gradients, at the bounds
+    (0 and 6 exactly: no gradient there, as torch) and for NaN too; without autograd or
+    under tracing it is torch's own forward, so exported graphs keep their hardtanh."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 5, 4, 4, generator=g) * 5).to(memory_format=torch.channels_last)
+    x[0, 0, 0, :3] = torch.tensor([0.0, 6.0, float("nan")])
+    grad = torch.randn(x.shape, generator=g)
+    results = []
+    for act in (nn.ReLU6(inplace=True), ReLU6(inplace=True)):
+        leaf = x.clone().requires_grad_(True)
+        y = act(leaf * 1.0)   # in place on a non-leaf, as after a BatchNorm
+        y.backward(grad)
+        results.append((y.detach(), leaf.grad, type(y.grad_fn).__name__))
+    (y0, g0, fn0), (y1, g1, fn1) = results
+    assert fn0 == "HardtanhBackward0" and fn1 != fn0   # the fast path was taken
+    assert torch.equal(y0.nan_to_num(-1.0), y1.nan_to_num(-1.0))
+    assert torch.equal(g0, g1)
+    assert y1.is_contiguous(memory_format=torch.channels_last)
+    traced = torch.jit.trace(ConvBNAct(2, 3, 1).train(), torch.randn(2, 2, 4, 4))
+    assert "hardtanh" in str(traced.inlined_graph)
+    assert isinstance(ConvBNAct(2, 3, 1).act, ReLU6)
 
 def test_residual_is_really_added() -> None:
     model = MobileNetV2(ModelConfig(width=0.35)).eval()

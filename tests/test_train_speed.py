@@ -110,7 +110,7 @@ def test_choose_setup_picks_the_fastest_and_caches_it(tmp_path, monkeypatch, fak
     model = _tiny()
     first = tune.choose_setup(TrainConfig(), torch.device("cpu"), model, 32, 4, measure, cache)
     assert (first.candidate.name, first.how) == (expect, "measured")
-    assert sorted(measured) == sorted(fake)
+    assert sorted(measured) == sorted(list(fake) * tune.MEASURE_ROUNDS)
     again = tune.choose_setup(TrainConfig(), torch.device("cpu"), model, 32, 4,
                               lambda c: pytest.fail("cached: must not measure"), cache)
     assert (again.candidate.name, again.how) == (expect, "cached")
@@ -120,7 +120,22 @@ def test_choose_setup_picks_the_fastest_and_caches_it(tmp_path, monkeypatch, fak
     assert len(json.loads(cache.read_text())) == 2
 
 
-def test_choose_setup_with_bf16_picks_among_four(monkeypatch) -> None:
+
+def test_one_slow_measurement_does_not_decide(monkeypatch) -> None:
+    """A burst of other work during one candidate's steps (its first measurement 10x slow)
+    does not decide: every candidate is measured in alternating rounds and keeps its best."""
+    monkeypatch.setattr(tune, "cpu_has_bf16", lambda: False)
+    calls: dict[str, int] = {}
+    fake = {"fp32 channels_last": 1.0, "fp32 NCHW": 1.3}
+
+    def measure(c: tune.Candidate) -> float:
+        calls[c.name] = calls.get(c.name, 0) + 1
+        return fake[c.name] * (10.0 if c.name == "fp32 channels_last" and calls[c.name] == 1
+                               else 1.0)
+
+    got = tune.choose_setup(TrainConfig(), torch.device("cpu"), _tiny(), 32, 4, measure)
+    assert got.candidate.name == "fp32 channels_last"
+    assert got.timings == fake
     monkeypatch.setattr(tune, "cpu_has_bf16", lambda: True)
     fake = {"fp32 channels_last": 4.0, "fp32 NCHW": 5.0, "bf16 channels_last": 3.0,
             "bf16 channels_last, stride-2 depthwise fp32": 2.5}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBNAct", "ResidualAdd", "SamePad2d", "tf_same_padding"]
+__all__ = ["ConvBNAct", "ReLU6", "ResidualAdd", "SamePad2d", "tf_same_padding"]
 
 
 def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -46,6 +46,44 @@ class SamePad2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}, stride={self.stride}, dilation={self.dilation}"
+
+
+class _ClampInPlace(torch.autograd.Function):
+    """ReLU6 in place with one pass over memory, for training.
+
+    Why: `nn.ReLU6(inplace=True)` under autograd runs `hardtanh_` as clone + clamp + copy
+    back (three passes over the tensor), and `Tensor.clamp_` clones the input too, because
+    its backward formula reads the input. Both are avoidable: ReLU6's gradient can be read
+    off its output (it passes where 0 < y < 6, exactly where 0 < x < 6, and NaN stays NaN so
+    neither passes it), which is what `hardtanh_backward` computes given the output. Measured
+    on an AMD EPYC Zen 3 (2 threads, MobileNetV2 1.0, 224x224, batch 32): docs/BENCHMARKS.md.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        x.clamp_(0.0, 6.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
+
+
+class ReLU6(nn.ReLU6):
+    """`nn.ReLU6` (an instance of it, so quantization, fusion and export see a ReLU6) whose
+    in-place training forward is `_ClampInPlace`. Tracing, scripting and compiling (ONNX,
+    TFLite, torch.export, torch.compile) and anything without a gradient take `nn.ReLU6`'s
+    own path, so exported graphs keep their `hardtanh`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.inplace and x.requires_grad and torch.is_grad_enabled()
+                and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling()):
+            return _ClampInPlace.apply(x)
+        return super().forward(x)
 
 
 class ConvBNAct(nn.Sequential):
@@ -86,7 +124,9 @@ class ConvBNAct(nn.Sequential):
         )
         layers["bn"] = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         if act is not None:
-            layers["act"] = act(inplace=True) if act in (nn.ReLU6, nn.ReLU) else act()
+            if act is nn.ReLU6:
+                act = ReLU6
+            layers["act"] = act(inplace=True) if act in (ReLU6, nn.ReLU) else act()
         super().__init__(layers)
 
 
