@@ -40,7 +40,6 @@ def test_module_names_follow_the_paper() -> None:
     assert isinstance(model.blocks[3].expand.act, nn.ReLU6)
 
 
-
 def test_in_place_relu6_matches_torchs_values_and_gradients() -> None:
     """The one-pass training ReLU6 gives torch's outputs and input gradients, at the bounds
     (0 and 6 exactly: no gradient there, as torch) and for NaN too; without autograd or
@@ -63,6 +62,7 @@ def test_in_place_relu6_matches_torchs_values_and_gradients() -> None:
     traced = torch.jit.trace(ConvBNAct(2, 3, 1).train(), torch.randn(2, 2, 4, 4))
     assert "hardtanh" in str(traced.inlined_graph)
     assert isinstance(ConvBNAct(2, 3, 1).act, ReLU6)
+
 
 def test_residual_is_really_added() -> None:
     model = MobileNetV2(ModelConfig(width=0.35)).eval()

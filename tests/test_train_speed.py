@@ -120,7 +120,6 @@ def test_choose_setup_picks_the_fastest_and_caches_it(tmp_path, monkeypatch, fak
     assert len(json.loads(cache.read_text())) == 2
 
 
-
 def test_one_slow_measurement_does_not_decide(monkeypatch) -> None:
     """A burst of other work during one candidate's steps (its first measurement 10x slow)
     does not decide: every candidate is measured in alternating rounds and keeps its best."""
@@ -136,6 +135,9 @@ def test_one_slow_measurement_does_not_decide(monkeypatch) -> None:
     got = tune.choose_setup(TrainConfig(), torch.device("cpu"), _tiny(), 32, 4, measure)
     assert got.candidate.name == "fp32 channels_last"
     assert got.timings == fake
+
+
+def test_choose_setup_with_bf16_picks_among_four(monkeypatch) -> None:
     monkeypatch.setattr(tune, "cpu_has_bf16", lambda: True)
     fake = {"fp32 channels_last": 4.0, "fp32 NCHW": 5.0, "bf16 channels_last": 3.0,
             "bf16 channels_last, stride-2 depthwise fp32": 2.5}
