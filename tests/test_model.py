@@ -61,6 +61,8 @@ def test_in_place_relu6_matches_torchs_values_and_gradients() -> None:
     assert y1.is_contiguous(memory_format=torch.channels_last)
     traced = torch.jit.trace(ConvBNAct(2, 3, 1).train(), torch.randn(2, 2, 4, 4))
     assert "hardtanh" in str(traced.inlined_graph)
+    fx = torch.fx.symbolic_trace(ConvBNAct(2, 3, 1).train())   # what `profile --memory` traces
+    assert "hardtanh" in fx.code
     assert isinstance(ConvBNAct(2, 3, 1).act, ReLU6)
 
 

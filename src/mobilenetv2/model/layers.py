@@ -79,7 +79,10 @@ class ReLU6(nn.ReLU6):
     own path, so exported graphs keep their `hardtanh`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.inplace and x.requires_grad and torch.is_grad_enabled()
+        # isinstance first: under torch.fx's symbolic tracing (the memory profile) `x` is a
+        # Proxy, whose `requires_grad` cannot decide control flow
+        if (isinstance(x, torch.Tensor) and self.inplace and x.requires_grad
+                and torch.is_grad_enabled()
                 and not torch.jit.is_scripting() and not torch.jit.is_tracing()
                 and not torch.compiler.is_compiling()):
             return _ClampInPlace.apply(x)
