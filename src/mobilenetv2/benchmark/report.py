@@ -94,10 +94,9 @@ def make_report(config: Mapping[str, Any], variants: list[Variant],
 
     targets = []
     for precision in ("fp32", "bf16", "int8"):
-        ours = auto_variant(variants, precision)
-        if ours is not None and peers_of(precision):
-            targets.append(target(precision, ours, peers_of(precision), LATENCY_TARGET,
-                                  THROUGHPUT_TARGET))
+        ours, names = auto_variant(variants, precision), peers_of(precision)
+        if ours is not None and names:
+            targets.append(target(precision, ours, names, LATENCY_TARGET, THROUGHPUT_TARGET))
     for precision in ("fp32", "int8"):
         native = next((v for v in variants if v.kind == "ours" and v.backend == "native"
                        and v.precision == precision), None)

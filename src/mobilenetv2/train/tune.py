@@ -206,7 +206,6 @@ def choose_setup(tc: TrainConfig, device: torch.device, model: nn.Module, size: 
         for r in range(MEASURE_ROUNDS):
             for c in cands if r % 2 == 0 else cands[::-1]:
                 timings[c.name] = min(timings.get(c.name, float("inf")), float(measure(c)))
-        timings = {c.name: timings[c.name] for c in cands}
         best = pick_fastest(timings, [c.name for c in cands])
         choice = TuneChoice(by_name[best], "measured", timings)
         if cache is not None:

@@ -528,11 +528,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   float* part = scr + hp.cout_p;
   const float inv = 1.0f / (float)((long)hp.h * hp.w);
   for (int c = c0; c < c1; ++c) mean[c] = pooled[c] * inv;
-  if (me == 0) {
-    e->k->fc(hp, mean, c0, c1, logits, hp.bf);
-  } else {
-    e->k->fc(hp, mean, c0, c1, part, nullptr);
-  }
+  e->k->fc(hp, mean, c0, c1, me == 0 ? logits : part, me == 0 ? hp.bf : nullptr);
   if (!solo) {
     e->pool->barrier();
     if (me == 0)
