@@ -36,6 +36,16 @@ setup(
             extra_compile_args=compile_args,
             extra_link_args=link_args + ["-pthread"],
             optional=True,
-        )
+        ),
+        # The fused training BatchNorm + ReLU6 (issue 14): optional too; where it does not
+        # build, ConvBNAct trains through torch's BatchNorm2d and ReLU6 (mobilenetv2.model.bnact).
+        Extension(
+            "mobilenetv2.model._bnact",
+            sources=["src/mobilenetv2/model/_bnact.cpp"],
+            language="c++",
+            extra_compile_args=compile_args,
+            extra_link_args=link_args + ["-pthread"],
+            optional=True,
+        ),
     ],
 )

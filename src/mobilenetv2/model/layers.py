@@ -8,6 +8,7 @@ state-dict keys are stable across options.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,11 @@ class ReLU6(nn.ReLU6):
         return super().forward(x)
 
 
+# ConvBNAct's children in the layouts its constructor builds (see _fused_forward)
+_PLAIN_CHILDREN = {("conv", "bn"), ("conv", "bn", "act"), ("pad", "conv", "bn"),
+                   ("pad", "conv", "bn", "act")}
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d (no bias) -> BatchNorm2d -> activation (ReLU6 by default, None = linear).
 
@@ -131,6 +137,36 @@ class ConvBNAct(nn.Sequential):
                 act = ReLU6
             layers["act"] = act(inplace=True) if act in (ReLU6, nn.ReLU) else act()
         super().__init__(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Training on a CPU: BN (+ ReLU6) as one fused op (model.bnact, issue 14). Scripting
+        # compiles only the plain loop below; everything `bnact.fusable` rejects (eval,
+        # tracing, compiling, other layouts, hooks, ...) takes it too, module by module.
+        if not torch.jit.is_scripting():
+            y = self._fused_forward(x)
+            if y is not None:
+                return y
+        for module in self:
+            x = module(x)
+        return x
+
+    @torch.jit.unused
+    def _fused_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045
+        bn, act = self._modules.get("bn"), self._modules.get("act")
+        # the cheap checks first: eval, no_grad, a torch.fx Proxy, children changed (fusion
+        # for quantization swaps them: Identity, ConvBnReLU2d, ...)
+        if not (isinstance(x, torch.Tensor) and type(bn) is nn.BatchNorm2d and bn.training
+                and torch.is_grad_enabled() and tuple(self._modules) in _PLAIN_CHILDREN):
+            return None
+        from mobilenetv2.model import bnact
+
+        if "pad" in self._modules:
+            x = self._modules["pad"](x)
+        x = self._modules["conv"](x)
+        if bnact.fusable(x, bn, act):
+            return bnact.fused_bn_act(x, bn, clamp=act is not None)
+        x = bn(x)
+        return act(x) if act is not None else x
 
 
 class ResidualAdd(nn.Module):
