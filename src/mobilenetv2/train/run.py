@@ -29,6 +29,7 @@ from torch import nn
 from mobilenetv2.config import RunConfig, TrainConfig
 from mobilenetv2.data.loaders import make_loader
 from mobilenetv2.errors import UserError
+from mobilenetv2.model import bnact
 from mobilenetv2.tasks import Metrics, Task, TaskData, get_task
 from mobilenetv2.train import checkpoint as ckpt
 from mobilenetv2.train.amp import resolve_device
@@ -240,8 +241,8 @@ def _setup(cfg: RunConfig, device: torch.device, dist: DistInfo,
             len(splits.val), splits.val_name, num_classes, device, dist.world_size,
             amp_dtype or "off", "channels_last" if fmt == torch.channels_last else "NCHW",
             steps_per_epoch, base_lr, global_batch)
-        log.info("step setup: %s; %s; %s", setup.describe(), budget.describe(),
-                 allocator_note())
+        log.info("step setup: %s; %s; %s; %s", setup.describe(), budget.describe(),
+                 allocator_note(), bnact.describe())
     return run
 
 

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from mobilenetv2.config import TrainConfig
+from mobilenetv2.model import bnact
 from mobilenetv2.runtime.cpu import cpu_has_bf16, cpu_info
 from mobilenetv2.train.amp import choose_amp, choose_memory_format
 from mobilenetv2.train.malloc import allocator_note
@@ -255,6 +256,8 @@ def _about(model: nn.Module, size: int, batch: int) -> dict[str, Any]:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "model": cfg,
             # the allocator changes what a step costs (train.malloc): measured per setting
             "malloc": allocator_note(),
+            # so does the fused training BatchNorm (model.bnact, channels_last fp32 only)
+            "bn": bnact.describe(),
             "frozen": sum(not p.requires_grad for p in model.parameters()),
             "size": size, "batch": batch}
 
