@@ -263,3 +263,15 @@ def test_digits_network_loss_curve_matches(calls, monkeypatch):
     assert calls[0] > 0
     assert fused[-1] < fused[0]  # it trains
     assert (fused - exact).abs().max() <= 2 * (plain - exact).abs().max() + 1e-4
+
+
+def test_torch_compile_takes_torch_path(calls):
+    """Under torch.compile (dynamo; the eager backend keeps the test fast) the graph holds
+    torch's BatchNorm, not the fused op."""
+    torch.manual_seed(7)
+    m = ConvBNAct(3, 8, 3).train()
+    ref = copy.deepcopy(m)
+    x = torch.randn(2, 3, 6, 6).to(memory_format=CL)
+    y = torch.compile(m, backend="eager")(x)
+    assert calls[0] == 0
+    torch.testing.assert_close(y, _reference(ref, x))

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AVAILABLE", "UNAVAILABLE", "describe", "enabled", "fused_bn_act"]
 
 try:
-    from mobilenetv2.model import _bnact  # type: ignore[attr-defined]
+    import mobilenetv2.model._bnact as _bnact  # type: ignore[import-not-found]
 except ImportError as exc:  # not built (no compiler at install time) or a broken build
     _bnact = None
     UNAVAILABLE = (f"the fused training BatchNorm is unavailable ({exc}); it is built by "
@@ -78,13 +78,11 @@ def _hooked(*mods: nn.Module) -> bool:
                or m._backward_pre_hooks for m in mods)
 
 
-def fusable(x: object, bn: nn.Module, act: nn.Module | None) -> bool:
-    """Whether `act(bn(x))` may run fused (every condition in the module docstring)."""
-    from mobilenetv2.model.layers import ReLU6
-
+def fusable(x: object, bn: nn.Module, act: nn.Module | None, act_ok: bool) -> bool:
+    """Whether `act(bn(x))` may run fused (every condition in the module docstring); `act_ok`:
+    the caller's word that `act` is none or the in-place ReLU6 the fused op computes."""
     return (isinstance(x, torch.Tensor) and type(bn) is nn.BatchNorm2d and bn.training
-            and torch.is_grad_enabled()
-            and (act is None or (type(act) is ReLU6 and act.inplace))
+            and torch.is_grad_enabled() and act_ok
             and bn.affine and bn.track_running_stats and bn.running_mean is not None
             and bn.num_batches_tracked is not None
             and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilenetv2.model import bnact
+
 __all__ = ["ConvBNAct", "ReLU6", "ResidualAdd", "SamePad2d", "tf_same_padding"]
 
 
@@ -158,12 +160,11 @@ class ConvBNAct(nn.Sequential):
         if not (isinstance(x, torch.Tensor) and type(bn) is nn.BatchNorm2d and bn.training
                 and torch.is_grad_enabled() and tuple(self._modules) in _PLAIN_CHILDREN):
             return None
-        from mobilenetv2.model import bnact
-
         if "pad" in self._modules:
             x = self._modules["pad"](x)
         x = self._modules["conv"](x)
-        if bnact.fusable(x, bn, act):
+        act_ok = act is None or (type(act) is ReLU6 and act.inplace)
+        if bnact.fusable(x, bn, act, act_ok):
             return bnact.fused_bn_act(x, bn, clamp=act is not None)
         x = bn(x)
         return act(x) if act is not None else x
