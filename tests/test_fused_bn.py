@@ -275,3 +275,13 @@ def test_torch_compile_takes_torch_path(calls):
     y = torch.compile(m, backend="eager")(x)
     assert calls[0] == 0
     torch.testing.assert_close(y, _reference(ref, x))
+
+
+def test_second_derivative_raises(calls):
+    """The fused backward is not itself differentiable: asking for it fails loudly."""
+    m = ConvBNAct(3, 8, 1).train()
+    x = torch.randn(2, 3, 5, 5).to(memory_format=CL).requires_grad_()
+    (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+    assert calls[0] == 1

@@ -22,6 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _module
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class _FusedBNAct(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of being wrong
     def backward(ctx, dy):  # noqa: ANN001, ANN205
         x, w, b, mean, invstd = ctx.saved_tensors
         n, c, h, wd = x.shape
