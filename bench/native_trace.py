@@ -57,12 +57,13 @@ def main() -> int:
     print(f"CPU: {cpu_info().model}; ISA {args.isa}; {args.threads} threads; width 1.0, "
           f"224x224, padding {args.padding}; medians of {args.runs} traced forwards (ms)")
     hdr = " ".join(f"work t{t}" for t in range(args.threads))
-    print(f"{'layer':8s} {hdr} {'wait t0':>8s} {'wait t1':>8s} {'imbal':>7s}")
+    hdr += " " + " ".join(f"wait t{t}" for t in range(args.threads))
+    print(f"{'layer':8s} {hdr} {'imbal':>7s}")
     med = lambda a: np.median(a, axis=0)  # noqa: E731
     mw, mq, mi = med(work), med(wait), med(imb)
     for i, n in enumerate(names):
         ws = " ".join(f"{mw[t, i]:7.3f}" for t in range(args.threads))
-        qs = " ".join(f"{mq[t, i]:8.3f}" for t in range(min(2, args.threads)))
+        qs = " ".join(f"{mq[t, i]:7.3f}" for t in range(args.threads))
         print(f"{n:8s} {ws} {qs} {mi[i]:7.3f}")
     tot_work = work.sum(axis=2)  # [run][thread]
     tot_wait = wait.sum(axis=2)

@@ -53,7 +53,6 @@ struct BlockPlan {
   int hin, win, hout, wout, padt, padl;
   int img_h, img_w, s_padt, s_padl;
   int ring, cs;
-  int chunks;  // units of rows in run_split; 0: one per thread
   bool map;  // the whole map per channel slice, threads split channels (run_block_map)
 };
 
@@ -228,10 +227,7 @@ struct Pool {
   std::atomic<unsigned> phase{0};
   std::atomic<int> sleepers{0};
 
-  double spin_s = 50e-6;  // MOBILENETV2_NATIVE_SPIN_US: the barrier's spin (for A/B)
-
   explicit Pool(int n) : threads(n), fork_gen(g_fork_generation.load()) {
-    if (const char* v = getenv("MOBILENETV2_NATIVE_SPIN_US")) spin_s = atof(v) * 1e-6;
     for (int t = 1; t < n; ++t) workers.emplace_back([this, t] { loop(t); });
   }
   ~Pool() {
@@ -242,14 +238,6 @@ struct Pool {
     cv.notify_all();
     for (auto& w : workers) w.join();
   }
-  // A job's entry word: OPEN while workers may still join it, plus the count that joined.
-  // An `optional` job (run_split: the work is handed out by counters, so any thread may do
-  // all of it) closes when the caller has finished it: a worker that has not joined by then
-  // (asleep, or waiting for a core another process holds) skips it, and the caller waits
-  // only for the ones that joined, not for a late one's wake-up.
-  static constexpr unsigned OPEN = 1u << 30;
-  std::atomic<unsigned> entry{0};
-
   void loop(int tid) {
     unsigned seen = 0;
     for (;;) {
@@ -263,16 +251,12 @@ struct Pool {
         cv.wait(lock, [&] { return stop.load() || job_gen.load() != seen; });
       }
       if (stop.load()) return;
-      // joining reads the entry word the caller stored after setting `job`: the job seen
-      // is the current one even if this thread noticed an older generation
-      const unsigned in = entry.fetch_add(1, std::memory_order_acq_rel);
       seen = job_gen.load(std::memory_order_acquire);
-      if (!(in & OPEN)) continue;  // closed: the caller has finished without this thread
       job(tid);
       done.fetch_add(1, std::memory_order_acq_rel);
     }
   }
-  void run(const std::function<void(int)>& fn, bool optional = false) {
+  void run(const std::function<void(int)>& fn) {
     if (threads == 1) {
       fn(0);
       return;
@@ -281,15 +265,12 @@ struct Pool {
       std::lock_guard<std::mutex> lock(mu);
       job = fn;
       done.store(0);
-      entry.store(OPEN, std::memory_order_release);
       job_gen.fetch_add(1, std::memory_order_acq_rel);
     }
     cv.notify_all();
     fn(0);
-    int joined = threads - 1;
-    if (optional) joined = (int)(entry.fetch_and(~OPEN, std::memory_order_acq_rel) & ~OPEN);
     int spins = 0;
-    while (done.load(std::memory_order_acquire) != joined) {
+    while (done.load(std::memory_order_acquire) != threads - 1) {
       if (++spins < 20000) cpu_relax();
       else sched_yield();
     }
@@ -315,89 +296,11 @@ struct Pool {
     int spins = 0;
     while (phase.load(std::memory_order_acquire) == ph) {
       cpu_relax();
-      if (++spins % 256 || now_s() - t0 < spin_s) continue;
+      if (++spins % 256 || now_s() - t0 < 50e-6) continue;
 #if defined(__linux__)
       sleepers.fetch_add(1);
       while (phase.load() == ph)
         syscall(SYS_futex, reinterpret_cast<unsigned*>(&phase), FUTEX_WAIT_PRIVATE, ph,
-                nullptr, nullptr, 0);
-      sleepers.fetch_sub(1);
-#else
-      sched_yield();
-#endif
-    }
-  }
-};
-
-// The batch-1 split without barriers (run_split): a forward is a sequence of stages (a
-// block's rows, a map-mode block's channel parts and then its reduction, the head's channel
-// parts, the logits' sum), each cut into units that threads take from a counter; a stage
-// starts when the previous one's units are all *done*. Unlike a barrier, this waits only for
-// work in progress, never for a thread to arrive: on a shared machine a worker that is
-// asleep or waiting for its core (measured: ~7 ms of a 13 ms forward spent at the barriers
-// with one other busy process) leaves the whole forward to the threads that run.
-// The done counts only grow within a job: stage s of image k is complete at (k + 1) * K.
-struct Sched {
-  struct alignas(64) Stage {
-    std::atomic<uint64_t> next{0};  // image << 40 | taken from the end << 20 | from the start
-    std::atomic<int> done{0};
-  };
-  std::vector<Stage> st;
-  std::atomic<unsigned> epoch{0};  // bumped when a stage completes: the futex word
-  std::atomic<int> sleepers{0};
-
-  void reset(size_t stages) {
-    if (st.size() != stages) st = std::vector<Stage>(stages);
-    for (Stage& x : st) {
-      x.next.store(0, std::memory_order_relaxed);
-      x.done.store(0, std::memory_order_relaxed);
-    }
-  }
-  // The next unit of stage s of image k (K units) for thread `me`, or -1. With two threads
-  // thread 0 takes units from the start and thread 1 from the end, so without outside load
-  // each computes the same rows as in every other layer (its input rows are in its own L2:
-  // measured 6% slower when units went to whichever thread came first). The first taker
-  // of image k finds the previous image's tag and starts the counts afresh; a late thread
-  // still in image k - 1 finds a newer tag and takes nothing.
-  int grab(int s, int k, int K, int me, int T) {
-    uint64_t w = st[s].next.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t tag = w >> 40;
-      uint64_t lo = w & 0xfffff, hi = (w >> 20) & 0xfffff;
-      if (tag > (uint64_t)k) return -1;
-      if (tag < (uint64_t)k) lo = hi = 0;
-      if (lo + hi >= (uint64_t)K) return -1;
-      int u;
-      if (T == 2 && me == 1) u = K - 1 - (int)hi++;
-      else u = (int)lo++;
-      if (st[s].next.compare_exchange_weak(w, (uint64_t)k << 40 | hi << 20 | lo,
-                                           std::memory_order_relaxed))
-        return u;
-    }
-  }
-  void complete(int s, int target) {
-    if (st[s].done.fetch_add(1, std::memory_order_acq_rel) + 1 != target) return;
-    epoch.fetch_add(1);  // seq_cst, as the sleepers count: no wake-up is lost
-#if defined(__linux__)
-    if (sleepers.load() > 0)
-      syscall(SYS_futex, reinterpret_cast<unsigned*>(&epoch), FUTEX_WAKE_PRIVATE, INT32_MAX,
-              nullptr, nullptr, 0);
-#endif
-  }
-  // Wait for stage s's units to reach `target`: spin ~50 us (the usual wait is for the other
-  // thread's last unit), then sleep, freeing the core for the thread that has the work.
-  void wait(int s, int target) {
-    if (st[s].done.load(std::memory_order_acquire) >= target) return;
-    const double t0 = now_s();
-    for (int spins = 0;; ++spins) {
-      const unsigned ep = epoch.load();
-      if (st[s].done.load(std::memory_order_acquire) >= target) return;
-      cpu_relax();
-      if (spins % 256 || now_s() - t0 < 50e-6) continue;
-#if defined(__linux__)
-      sleepers.fetch_add(1);
-      if (st[s].done.load() < target)
-        syscall(SYS_futex, reinterpret_cast<unsigned*>(&epoch), FUTEX_WAIT_PRIVATE, ep,
                 nullptr, nullptr, 0);
       sleepers.fetch_sub(1);
 #else
@@ -469,17 +372,7 @@ struct Engine {
   std::vector<Buf>* scratch;  // per thread: ring + depthwise row, or the head's rows
   std::vector<Buf>* pooled;   // per thread
   std::atomic<bool>* busy;
-  Sched* sched;  // run_split's stage counters
-  int stages;    // run_split's stages per image
 };
-
-// Rows per unit of a block's rows in run_split (MOBILENETV2_NATIVE_CHUNK_ROWS, for A/B; 0:
-// one unit per thread). Every unit recomputes the expanded halo rows above and below it,
-// so units stay several rows high.
-int chunk_rows() {
-  const char* v = getenv("MOBILENETV2_NATIVE_CHUNK_ROWS");
-  return v ? atoi(v) : 8;
-}
 
 void plan_shape(Engine* e, int H, int W) {
   if (e->cur_h == H && e->cur_w == W) return;
@@ -554,10 +447,6 @@ void plan_shape(Engine* e, int H, int W) {
       p.cs = std::min(cs, p.hid_p);
       s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) + (long)p.wout * p.cs;
     }
-    // run_split's units of rows: at least two per thread, else one per thread.
-    const int cr = chunk_rows();
-    p.chunks = cr > 0 && e->threads > 1 && !p.map ? std::min(p.hout / cr, 16) : 0;
-    if (p.chunks < 2 * e->threads) p.chunks = 0;
     scr = std::max(scr, s);
     // map mode with several threads: the other threads' partial projections follow the
     // output in its buffer
@@ -580,8 +469,6 @@ void plan_shape(Engine* e, int H, int W) {
   hp.w = w;
   // run_head's HEAD_PIX x NR*VW, then this thread's channel means and partial logits
   e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p + pad_to(hp.classes, vw));
-  e->stages = 2;  // the head's channel parts, the logits' sum
-  for (const BlockPlan& p : plans) e->stages += p.map ? 2 : 1;
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -634,8 +521,10 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
       e->k->block(p, in, out, r0, r1, scr);
     }
     mark(i, 0);
-    if (!solo) e->pool->barrier();
-    mark(i, 1);
+    if (!solo) {
+      e->pool->barrier();
+      mark(i, 1);
+    }
     if (times) times[i] = now_s() - t0;
     in = out;
   }
@@ -670,108 +559,6 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     if (more) e->pool->barrier();
   }
   if (times) times[plans.size()] = now_s() - t0;
-}
-
-// Images [i0, i1) one after another, each split over whichever of the pool's threads run
-// (batch 1; Sched says how). Every thread calls this; the caller (tid 0) returns when the
-// last image's logits are complete. `times` (thread 0, profiling): as run_image's, each
-// layer then waited for to the end; `trace` as run_image's.
-void run_split(Engine* e, const float* img, long img_floats, float* logits, int i0, int i1,
-               int tid, double* times = nullptr, double* trace = nullptr) {
-  const int T = e->threads, vw = e->k->vw;
-  const auto& plans = *e->plans;
-  const HeadPlan& hp = e->head;
-  Sched& S = *e->sched;
-  float* bufs[2] = {(*e->lanes_a)[0].p, (*e->lanes_b)[0].p};
-  float* scr = (*e->scratch)[tid].p;
-  float* pooled = (*e->pooled)[0].p;
-  const double t0 = times ? now_s() : 0.0;
-  double tl = trace ? now_s() : 0.0;
-  auto mark = [&](size_t layer, int slot) {
-    if (!trace) return;
-    const double t = now_s();
-    trace[2 * layer + slot] += t - tl;
-    tl = t;
-  };
-  // P stages per image; stage s of image k is complete when its done count is (k + 1) * K.
-  const int P = (int)S.st.size();
-  int s = 0, prev_k = 0;  // this stage, the previous stage's units per image
-  int k = 0;              // the image's index in this job
-  const size_t L = plans.size();
-  // Wait for the previous stage (for stage 0 the previous image's last, one unit), then take
-  // units of this one until none is left. `wl` (the trace): the layer the previous stage
-  // belongs to, whose work ends and whose wait this is.
-  auto stage = [&](int K, size_t wl, auto&& unit) {
-    if (s > 0 || k > 0) {
-      mark(wl, 0);
-      if (s > 0) S.wait(s - 1, (k + 1) * prev_k);
-      else S.wait(P - 1, k);
-      mark(wl, 1);
-    }
-    for (int u; (u = S.grab(s, k, K, tid, T)) >= 0;) {
-      unit(u);
-      S.complete(s, (k + 1) * K);
-    }
-    prev_k = K;
-    ++s;
-  };
-  for (int i = i0; i < i1; ++i, ++k) {
-    const float* in = img + i * img_floats;
-    float* out_logits = logits + (long)i * e->classes;
-    s = 0;
-    for (size_t li = 0; li < L; ++li) {
-      const size_t prev = li > 0 ? li - 1 : L;
-      const BlockPlan& p = plans[li];
-      float* out = bufs[li % 2];
-      if (p.map) {
-        // hidden channels in T parts, each a partial projection, then summed by pixels
-        const int nb = p.hid_p / vw;
-        const long opix = (long)p.hout * p.wout;
-        stage(T, prev, [&](int u) {
-          const int h0 = (int)((long)nb * u / T) * vw, h1 = (int)((long)nb * (u + 1) / T) * vw;
-          e->k->block_map(p, in, out + (long)u * opix * p.cout_p, u == 0, h0, h1, scr);
-        });
-        stage(T, li, [&](int u) {
-          e->k->reduce(out, opix * u / T, opix * (u + 1) / T, p.cout_p, T, opix * p.cout_p);
-        });
-      } else {
-        const int K = p.chunks > 1 ? p.chunks : T;
-        stage(K, prev, [&](int u) {
-          e->k->block(p, in, out, (int)((long)p.hout * u / K), (int)((long)p.hout * (u + 1) / K),
-                      scr);
-        });
-      }
-      if (times) {
-        S.wait(s - 1, (k + 1) * prev_k);
-        times[li] = now_s() - t0;
-      }
-      in = out;
-    }
-    // head channels in T parts (whole vector blocks): each part's channel sums go to the one
-    // pooled vector, its means through the classifier into a partial (part 0: the logits,
-    // with the bias; part u > 0: pooled[u], unused otherwise at batch 1), then one unit adds
-    // the partials
-    const int blocks = hp.cout_p / vw;
-    const float inv = 1.0f / (float)((long)hp.h * hp.w);
-    stage(T, L - 1, [&](int u) {
-      const int c0 = (int)((long)blocks * u / T) * vw, c1 = (int)((long)blocks * (u + 1) / T) * vw;
-      e->k->head(hp, in, c0, c1, scr, pooled);
-      float* mean = scr;
-      for (int c = c0; c < c1; ++c) mean[c] = pooled[c] * inv;
-      e->k->fc(hp, mean, c0, c1, u == 0 ? out_logits : (*e->pooled)[u].p,
-               u == 0 ? hp.bf : nullptr);
-    });
-    stage(1, L, [&](int) {
-      for (int t = 1; t < T; ++t) {
-        const float* other = (*e->pooled)[t].p;
-        for (int j = 0; j < hp.classes; ++j) out_logits[j] += other[j];
-      }
-    });
-    mark(L, 0);
-  }
-  if (tid == 0) S.wait(P - 1, k);  // the caller returns with every logit
-  mark(L, 1);
-  if (times) times[L] = now_s() - t0;
 }
 
 // ------------------------------------------------------------------ Python type
@@ -817,7 +604,6 @@ void engine_dealloc(Engine* e) {
   delete e->scratch;
   delete e->pooled;
   delete e->busy;
-  delete e->sched;
   Py_TYPE(e)->tp_free(reinterpret_cast<PyObject*>(e));
 }
 
@@ -869,7 +655,6 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   e->scratch = new std::vector<Buf>(threads);
   e->pooled = new std::vector<Buf>(threads);
   e->busy = new std::atomic<bool>(false);
-  e->sched = new Sched();
   e->pool = nullptr;
   e->cur_h = e->cur_w = -1;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(blocks); ++i) {
@@ -974,8 +759,9 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   return 0;
 }
 
-// run(x [N][3][H][W] float32, out [N][classes] float32, profile=False): with `profile`
-// (batch 1), the seconds from the start to the end of each block and of head + classifier.
+// run(x [N][3][H][W] float32, out [N][classes] float32, profile=0): with `profile` 1
+// (batch 1), the seconds from the start to the end of each block and of head + classifier;
+// with 2, per thread a flat list of [work, barrier wait] seconds per layer (bench/native_trace.py).
 PyObject* engine_run(Engine* e, PyObject* args) {
   PyObject *xo, *oo;
   int profile = 0;
@@ -1010,13 +796,12 @@ PyObject* engine_run(Engine* e, PyObject* args) {
     oom = !(*e->lanes_a)[l].reserve(e->act_a) || !(*e->lanes_b)[l].reserve(e->act_b);
   for (int t = 0; t < T && !oom; ++t)
     oom = !(*e->scratch)[t].reserve(e->scratch_floats) ||
-          !(*e->pooled)[t].reserve(std::max(pad_to(e->head_cout, e->k->vw), e->classes));
+          !(*e->pooled)[t].reserve(pad_to(e->head_cout, e->k->vw));
   if (!oom) {
     const float* img = x.f();
     float* logits = static_cast<float*>(o.b.buf);
     const long img_floats = 3L * H * W;
     std::atomic<int> next_image{0};
-    e->sched->reset(e->stages);
     e->pool->run([&](int tid) {
       if (T > 1 && N >= T) {
         // Each thread takes the next image when it finishes one (not every T-th image): on a
@@ -1032,9 +817,11 @@ PyObject* engine_run(Engine* e, PyObject* args) {
                     tp, trace.empty() ? nullptr : trace.data());
         return;
       }
-      run_split(e, img, img_floats, logits, N >= T ? solo_imgs : 0, N, tid,
-                tid == 0 ? tp : nullptr, trace.empty() ? nullptr : trace.data() + tid * tstride);
-    }, N < T);
+      for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
+        run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
+                  i + 1 < N, tid == 0 ? tp : nullptr,
+                  trace.empty() ? nullptr : trace.data() + tid * tstride);
+    });
   }
   Py_END_ALLOW_THREADS;
   e->busy->store(false);
