@@ -104,6 +104,20 @@ def test_bn_folded_models_and_repeated_calls() -> None:
     assert np.array_equal(engine(x), first)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_trace_shows_every_thread_working(threads) -> None:
+    model = _model(0.35, 96)
+    x = _x(1, 96)
+    engine = native.NativeEngine(model, threads=threads)
+    times, logits = engine.trace(x)
+    assert np.array_equal(logits, engine(x))  # the traced forward is a real one
+    blocks = len(native._spec(model)[0])
+    assert times.shape == (threads, blocks + 1, 2) and (times >= 0).all()
+    assert (times[:, :, 0].sum(axis=1) > 0).all()  # each of the threads did work
+    if threads == 1:
+        assert not times[:, :, 1].any()  # no barrier to wait at
+
+
 def _blockwise_without_input(config: ModelConfig, resolution: int) -> int:
     """memory.py's block-wise peak without the input image: the engine reads the caller's
     array and does not count it, so this is the like-for-like figure."""

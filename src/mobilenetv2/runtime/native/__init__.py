@@ -207,6 +207,15 @@ class NativeEngine:
         ends = self._engine.run(np.ascontiguousarray(x), out, True)
         return [b - a for a, b in zip([0.0, *ends[:-1]], ends)]
 
+    def trace(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each thread's time goes in one forward of one image: an array (threads,
+        blocks + 1, 2) of seconds of work and of waiting at the barrier after each fused
+        block and after the head + classifier (bench/native_trace.py), and the logits."""
+        self(x)  # checks the input, plans the shape, allocates
+        out = np.empty((1, self.num_classes), np.float32)
+        rows = self._engine.run(np.ascontiguousarray(x), out, 2)
+        return np.asarray(rows, np.float64).reshape(len(rows), -1, 2), out
+
     def __call__(self, x: Any) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 (N, 3, H, W) batch."""
         x = checked_batch(x, "the native engine")

@@ -481,9 +481,19 @@ void plan_shape(Engine* e, int H, int W) {
 // `more`: another image follows in this job (rows split). `times` (thread 0, when profiling):
 // seconds since the start at the end of each layer.
 
+// `trace` (every thread, profile mode 2): per layer this thread's seconds of work and of
+// waiting at barriers, to see where the threads' time goes (load imbalance vs kernels).
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
-               bool more, double* times = nullptr) {
+               bool more, double* times = nullptr, double* trace = nullptr) {
   const double t0 = times ? now_s() : 0.0;
+  double tl = trace ? now_s() : 0.0;
+  // mark(slot): add the seconds since the last mark to this layer's work (0) or wait (1)
+  auto mark = [&](size_t layer, int slot) {
+    if (!trace) return;
+    const double t = now_s();
+    trace[2 * layer + slot] += t - tl;
+    tl = t;
+  };
   const int T = solo ? 1 : e->threads;
   const int me = solo ? 0 : tid;
   const auto& plans = *e->plans;
@@ -501,14 +511,20 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
       const long opix = (long)p.hout * p.wout;
       e->k->block_map(p, in, out + (long)me * opix * p.cout_p, me == 0, h0, h1, scr);
       if (T > 1) {
+        mark(i, 0);
         e->pool->barrier();
+        mark(i, 1);
         e->k->reduce(out, opix * me / T, opix * (me + 1) / T, p.cout_p, T, opix * p.cout_p);
       }
     } else {
       const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
       e->k->block(p, in, out, r0, r1, scr);
     }
-    if (!solo) e->pool->barrier();
+    mark(i, 0);
+    if (!solo) {
+      e->pool->barrier();
+      mark(i, 1);
+    }
     if (times) times[i] = now_s() - t0;
     in = out;
   }
@@ -529,13 +545,17 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   const float inv = 1.0f / (float)((long)hp.h * hp.w);
   for (int c = c0; c < c1; ++c) mean[c] = pooled[c] * inv;
   e->k->fc(hp, mean, c0, c1, me == 0 ? logits : part, me == 0 ? hp.bf : nullptr);
+  const size_t L = plans.size();
+  mark(L, 0);
   if (!solo) {
     e->pool->barrier();
+    mark(L, 1);
     if (me == 0)
       for (int t = 1; t < T; ++t) {
         const float* other = (*e->scratch)[t].p + hp.cout_p;
         for (int j = 0; j < hp.classes; ++j) logits[j] += other[j];
       }
+    mark(L, 0);
     if (more) e->pool->barrier();
   }
   if (times) times[plans.size()] = now_s() - t0;
@@ -739,12 +759,13 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   return 0;
 }
 
-// run(x [N][3][H][W] float32, out [N][classes] float32, profile=False): with `profile`
-// (batch 1), the seconds from the start to the end of each block and of head + classifier.
+// run(x [N][3][H][W] float32, out [N][classes] float32, profile=0): with `profile` 1
+// (batch 1), the seconds from the start to the end of each block and of head + classifier;
+// with 2, per thread a flat list of [work, barrier wait] seconds per layer (bench/native_trace.py).
 PyObject* engine_run(Engine* e, PyObject* args) {
   PyObject *xo, *oo;
   int profile = 0;
-  if (!PyArg_ParseTuple(args, "OO|p", &xo, &oo, &profile)) return nullptr;
+  if (!PyArg_ParseTuple(args, "OO|i", &xo, &oo, &profile)) return nullptr;
   View x, o;
   if (!x.get(xo, false, "the input") || !o.get(oo, true, "the output")) return nullptr;
   if (x.b.ndim != 4 || x.b.shape[1] != 3)
@@ -762,6 +783,8 @@ PyObject* engine_run(Engine* e, PyObject* args) {
   }
   std::vector<double> times(e->blocks->size() + 1, 0.0);
   double* tp = profile ? times.data() : nullptr;
+  const size_t tstride = 2 * times.size();
+  std::vector<double> trace(profile == 2 ? tstride * e->threads : 0, 0.0);
   Py_BEGIN_ALLOW_THREADS;
   if (e->pool && e->pool->fork_gen != g_fork_generation.load()) e->pool = nullptr;  // forked
   if (!e->pool) e->pool = new Pool(e->threads);
@@ -791,18 +814,29 @@ PyObject* engine_run(Engine* e, PyObject* args) {
       } else if (T == 1) {
         for (int i = 0; i < N; ++i)
           run_image(e, img + i * img_floats, logits + (long)i * e->classes, 0, true, 0, false,
-                    tp);
+                    tp, trace.empty() ? nullptr : trace.data());
         return;
       }
       for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
         run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
-                  i + 1 < N, tid == 0 ? tp : nullptr);
+                  i + 1 < N, tid == 0 ? tp : nullptr,
+                  trace.empty() ? nullptr : trace.data() + tid * tstride);
     });
   }
   Py_END_ALLOW_THREADS;
   e->busy->store(false);
   if (oom) return PyErr_NoMemory();
   if (!profile) Py_RETURN_NONE;
+  if (profile == 2) {  // per thread: [work, wait] seconds per layer, flat
+    PyObject* out = PyList_New(e->threads);
+    for (int t = 0; t < e->threads; ++t) {
+      PyObject* row = PyList_New((Py_ssize_t)tstride);
+      for (size_t j = 0; j < tstride; ++j)
+        PyList_SET_ITEM(row, (Py_ssize_t)j, PyFloat_FromDouble(trace[t * tstride + j]));
+      PyList_SET_ITEM(out, t, row);
+    }
+    return out;
+  }
   PyObject* out = PyList_New((Py_ssize_t)times.size());
   for (size_t i = 0; i < times.size(); ++i)
     PyList_SET_ITEM(out, (Py_ssize_t)i, PyFloat_FromDouble(times[i]));

@@ -1,0 +1,82 @@
+"""Where the native engine's threads spend a batch-1 forward (issue 13, parallel efficiency).
+
+    python bench/native_trace.py [--runs 200] [--threads 2] [--padding symmetric] [--so PATH]
+
+Runs the width-1.0 224x224 model at batch 1 in the engine's trace mode (`run(x, out, 2)`:
+per thread and per layer, the seconds of work and of waiting at barriers) and prints, per
+layer, the median work of each thread, the median barrier wait, and the median imbalance
+(the slower thread's work minus the faster's, per run); then totals and the barrier count.
+A thread's wait is its partner's extra work plus the barrier's own cost (wake-up, cache-line
+transfer), so `wait - imbalance` estimates that cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import torch
+
+from mobilenetv2.config import ModelConfig
+from mobilenetv2.model.classifier import MobileNetV2
+from mobilenetv2.runtime.cpu import cpu_info
+from mobilenetv2.runtime.native import _spec
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--padding", default="symmetric", choices=("symmetric", "tf_same"))
+    p.add_argument("--isa", default="avx2")
+    p.add_argument("--so", help="an engine build to load instead of the package's")
+    args = p.parse_args()
+    if args.so:
+        spec = importlib.util.spec_from_file_location("mobilenetv2.runtime.native._engine",
+                                                      args.so)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    else:
+        from mobilenetv2.runtime.native import _engine as mod
+    torch.manual_seed(0)
+    model = MobileNetV2(ModelConfig(width=1.0, padding=args.padding)).eval()
+    with torch.no_grad():
+        blocks, head, fc, tf_same = _spec(model)
+    engine = mod.Engine(blocks, head, fc, args.threads, args.isa, tf_same)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    out = np.empty((1, 1000), np.float32)
+    for _ in range(20):
+        engine.run(x, out)
+    # [run][thread][layer][work, wait]
+    tr = np.array([engine.run(x, out, 2) for _ in range(args.runs)]) * 1e3
+    tr = tr.reshape(args.runs, args.threads, -1, 2)
+    work, wait = tr[..., 0], tr[..., 1]
+    imb = work.max(axis=1) - work.min(axis=1)  # [run][layer]
+    names = ["stem+b0", *(f"b{i}" for i in range(1, len(blocks))), "head+fc"]
+    print(f"CPU: {cpu_info().model}; ISA {args.isa}; {args.threads} threads; width 1.0, "
+          f"224x224, padding {args.padding}; medians of {args.runs} traced forwards (ms)")
+    hdr = " ".join(f"work t{t}" for t in range(args.threads))
+    hdr += " " + " ".join(f"wait t{t}" for t in range(args.threads))
+    print(f"{'layer':8s} {hdr} {'imbal':>7s}")
+    med = lambda a: np.median(a, axis=0)  # noqa: E731
+    mw, mq, mi = med(work), med(wait), med(imb)
+    for i, n in enumerate(names):
+        ws = " ".join(f"{mw[t, i]:7.3f}" for t in range(args.threads))
+        qs = " ".join(f"{mq[t, i]:7.3f}" for t in range(args.threads))
+        print(f"{n:8s} {ws} {qs} {mi[i]:7.3f}")
+    tot_work = work.sum(axis=2)  # [run][thread]
+    tot_wait = wait.sum(axis=2)
+    fwd = (work + wait).sum(axis=2).max(axis=1)
+    print(f"total work per thread (median): "
+          f"{', '.join(f'{v:.3f}' for v in np.median(tot_work, axis=0))} ms; "
+          f"wait: {', '.join(f'{v:.3f}' for v in np.median(tot_wait, axis=0))} ms; "
+          f"forward (traced) median {np.median(fwd):.3f} p90 {np.percentile(fwd, 90):.3f} ms")
+    print(f"sum of per-layer imbalance (median run): {np.median(imb.sum(axis=1)):.3f} ms; "
+          f"parallel efficiency (sum of work / (threads x forward)): "
+          f"{np.median(tot_work.sum(axis=1) / (args.threads * fwd)):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
