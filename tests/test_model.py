@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,29 @@ def test_in_place_relu6_matches_torchs_values_and_gradients() -> None:
     fx = torch.fx.symbolic_trace(ConvBNAct(2, 3, 1).train())   # what `profile --memory` traces
     assert "hardtanh" in fx.code
     assert isinstance(ConvBNAct(2, 3, 1).act, ReLU6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_conv_bn_relu6_scripts_and_matches_eager() -> None:
+    """TorchScript compiles ConvBNAct with its ReLU6 (the training fast paths are
+    `jit.unused`), and the scripted layer computes what the eager one does, in eval and in
+    training (batch statistics, in-place ReLU6, gradients)."""
+    torch.manual_seed(0)
+    layer = ConvBNAct(3, 8, 3, stride=2)
+    with torch.no_grad():
+        layer.bn.weight.fill_(4.0)   # so that training outputs reach the clamp at 6
+    scripted = torch.jit.script(copy.deepcopy(layer))
+    x = torch.randn(2, 3, 16, 16) * 4
+    layer.eval(), scripted.eval()
+    assert torch.allclose(scripted(x), layer(x), atol=1e-5)
+    layer.train(), scripted.train()
+    xs, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ys, ye = scripted(xs), layer(xe)
+    assert ye.min() == 0 and ye.max() == 6   # the clamp is exercised at both ends
+    assert torch.allclose(ys, ye, atol=1e-5)
+    ys.square().sum().backward()
+    ye.square().sum().backward()
+    assert torch.allclose(xs.grad, xe.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_residual_is_really_added() -> None:

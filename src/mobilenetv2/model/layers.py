@@ -82,14 +82,23 @@ class ReLU6(nn.ReLU6):
     own path, so exported graphs keep their `hardtanh`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchScript compiles only the plain line below (it can neither compile an autograd
+        # Function nor `super()`), so a scripted model keeps working; `_one_pass` is unused there
+        if not torch.jit.is_scripting():
+            y = self._one_pass(x)
+            if y is not None:
+                return y
+        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
+
+    @torch.jit.unused
+    def _one_pass(self, x: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045
         # isinstance first: under torch.fx's symbolic tracing (the memory profile) `x` is a
         # Proxy, whose `requires_grad` cannot decide control flow
         if (isinstance(x, torch.Tensor) and self.inplace and x.requires_grad
-                and torch.is_grad_enabled()
-                and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+                and torch.is_grad_enabled() and not torch.jit.is_tracing()
                 and not torch.compiler.is_compiling()):
             return _ClampInPlace.apply(x)
-        return super().forward(x)
+        return None
 
 
 # ConvBNAct's children in the layouts its constructor builds (see _fused_forward)
