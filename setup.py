@@ -31,7 +31,8 @@ setup(
             sources=["src/mobilenetv2/runtime/native/_engine.cpp"],
             depends=["src/mobilenetv2/runtime/native/_kernels.inc",
                      "src/mobilenetv2/runtime/native/_int8.inc",
-                     "src/mobilenetv2/runtime/native/_kernels_int8.inc"],
+                     "src/mobilenetv2/runtime/native/_kernels_int8.inc",
+                     "src/mobilenetv2/runtime/native/_pool.h"],
             language="c++",
             extra_compile_args=compile_args,
             extra_link_args=link_args + ["-pthread"],
@@ -42,6 +43,7 @@ setup(
         Extension(
             "mobilenetv2.model._bnact",
             sources=["src/mobilenetv2/model/_bnact.cpp"],
+            depends=["src/mobilenetv2/runtime/native/_pool.h"],
             language="c++",
             extra_compile_args=compile_args,
             extra_link_args=link_args + ["-pthread"],

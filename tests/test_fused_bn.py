@@ -132,8 +132,19 @@ def test_one_value_per_channel_raises_like_torch(calls):
         _reference(m, x)
 
 
-def test_threads_do_not_change_results():
-    """The chunks and their order depend on the shape alone (the kernel's docs)."""
+@pytest.mark.parametrize("pool", ["omp", "own"])
+def test_threads_do_not_change_results(pool):
+    """The chunks and their order depend on the shape alone (the kernel's docs), on torch's
+    OpenMP team and on the extension's own pool (the fallback where no libgomp is loaded)."""
+    prev = bnact._bnact.pool()
+    bnact._bnact.set_pool(pool)
+    try:
+        _same_results_for_1_2_3_threads()
+    finally:
+        bnact._bnact.set_pool(prev)
+
+
+def _same_results_for_1_2_3_threads():
     torch.manual_seed(3)
     bn = nn.BatchNorm2d(16).train()
     x = torch.randn(4, 16, 128, 64).to(memory_format=CL).requires_grad_()

@@ -39,85 +39,13 @@
 #define BNACT_X86 1
 #endif
 
+#include "../runtime/native/_pool.h"  // the thread pool (shared with the native engine)
+
 namespace {
 
 constexpr long BLOCK = 32;  // rows summed in float before they join the double partials
 
-// ------------------------------------------------------------------ the thread pool
-// The caller is worker 0; threads - 1 workers spin briefly for the next job (the layers of a
-// step follow each other within microseconds), then sleep on a condition variable. After a
-// fork (DataLoader workers) the child has none of the parent's threads: the pool notices
-// and starts fresh ones, abandoning the old one rather than touching its mutexes.
-std::atomic<unsigned> g_fork_generation{0};
-void on_fork_child() { g_fork_generation.fetch_add(1); }
-
-inline void cpu_relax() {
-#if defined(BNACT_X86)
-  __builtin_ia32_pause();
-#endif
-}
-
-int g_spin = 2000;  // pause iterations a worker spins before sleeping (set_spin)
-
-struct Pool {
-  int threads;
-  unsigned fork_gen;
-  std::vector<std::thread> workers;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::atomic<unsigned> job_gen{0};
-  std::atomic<int> done{0};
-  std::atomic<bool> stop{false};
-  std::function<void(int)> job;
-
-  explicit Pool(int n) : threads(n), fork_gen(g_fork_generation.load()) {
-    for (int t = 1; t < n; ++t) workers.emplace_back([this, t] { loop(t); });
-  }
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      stop.store(true);
-    }
-    cv.notify_all();
-    for (auto& w : workers) w.join();
-  }
-  void loop(int tid) {
-    unsigned seen = 0;
-    for (;;) {
-      for (int i = 0; i < g_spin && job_gen.load(std::memory_order_acquire) == seen &&
-                      !stop.load(std::memory_order_relaxed);
-           ++i)
-        cpu_relax();
-      if (job_gen.load(std::memory_order_acquire) == seen) {
-        std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return stop.load() || job_gen.load() != seen; });
-      }
-      if (stop.load()) return;
-      seen = job_gen.load(std::memory_order_acquire);
-      job(tid);
-      done.fetch_add(1, std::memory_order_acq_rel);
-    }
-  }
-  void run(const std::function<void(int)>& fn) {
-    if (threads == 1) {
-      fn(0);
-      return;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      job = fn;
-      done.store(0);
-      job_gen.fetch_add(1, std::memory_order_acq_rel);
-    }
-    cv.notify_all();
-    fn(0);
-    int spins = 0;
-    while (done.load(std::memory_order_acquire) != threads - 1) {
-      if (++spins < 20000) cpu_relax();
-      else sched_yield();
-    }
-  }
-};
+int g_spin = 2000;  // pause iterations a pool worker spins before sleeping (set_spin)
 
 Pool* g_pool = nullptr;
 std::mutex g_pool_mu;  // one fused call at a time (the GIL is released while it runs)
@@ -179,8 +107,9 @@ void parallel(int threads, const std::function<void(int)>& fn) {
   if (!g_pool || g_pool->threads != threads ||
       g_pool->fork_gen != g_fork_generation.load()) {
     if (g_pool && g_pool->fork_gen == g_fork_generation.load()) delete g_pool;
-    g_pool = new Pool(threads);  // a forked child's old pool is abandoned (see above)
+    g_pool = new Pool(threads);  // a forked child's old pool is abandoned (_pool.h)
   }
+  g_pool->spin = g_spin;
   g_pool->run(fn);
 }
 
