@@ -121,21 +121,31 @@ constexpr long CHUNK = 1L << 18;
 
 long chunks(long M, long C) { return std::max(1L, std::min(256L, M * C / CHUNK)); }
 
-void for_chunks(int threads, long n, const std::function<void(int)>& fn) {
+// fn(chunk, r0, r1): chunk `chunk` of `n` over the rows [r0, r1) of M
+void for_chunks(int threads, long M, long n, const std::function<void(long, long, long)>& fn) {
+  const long per = (M + n - 1) / n;
   std::atomic<long> next{0};
   parallel(threads, [&](int) {
-    for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn((int)i);
+    for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+      const long r0 = std::min(M, per * i);
+      fn(i, r0, std::min(M, r0 + per));
+    }
   });
 }
 
-inline void split(long m, long threads, long t, long* r0, long* r1) {
-  const long per = (m + threads - 1) / threads;
-  *r0 = std::min(m, per * t);
-  *r1 = std::min(m, *r0 + per);
+// The per-channel sums of the chunks' double partials ([chunk][2][C]), added in chunk order.
+void sum_partials(const std::vector<double>& part, long nch, long C, long c, double* s1,
+                  double* s2) {
+  *s1 = *s2 = 0;
+  for (long t = 0; t < nch; ++t) {
+    *s1 += part[(size_t)t * 2 * C + c];
+    *s2 += part[(size_t)t * 2 * C + C + c];
+  }
 }
 
 // ------------------------------------------------------------------ kernels
-// Each kernel exists as AVX2+FMA and as portable scalar code; `use_avx2` picks at run time.
+// Each kernel exists as AVX2+FMA and as portable scalar code; `g_k` (the table after them)
+// picks at run time.
 // The ReLU6 mask comes from z = fmaf(x, a, b) in both the forward and the backward of the
 // same ISA path (the scalar tails of the AVX2 path use fmaf too), so they agree bit for bit.
 
@@ -342,7 +352,19 @@ AVX2 void bdx_avx2(const float* x, const float* dy, float* dx, long r0, long r1,
 }
 #endif
 
-bool g_avx2 = false;
+// The kernels of one ISA; g_k points at the one in use (set at import, set_isa in tests).
+struct Kernels {
+  const char* name;
+  decltype(&stats_scalar) stats;
+  decltype(&norm_scalar) norm;
+  decltype(&bsum_scalar) bsum;
+  decltype(&bdx_scalar) bdx;
+};
+const Kernels k_scalar{"generic", stats_scalar, norm_scalar, bsum_scalar, bdx_scalar};
+#if defined(BNACT_X86)
+const Kernels k_avx2{"avx2", stats_avx2, norm_avx2, bsum_avx2, bdx_avx2};
+#endif
+const Kernels* g_k = &k_scalar;
 
 // z = x * a + b: a = invstd * gamma, b = beta - mean * a (torch's CPU batch_norm computes
 // its output in this alpha/beta form too). Forward and backward both call this.
@@ -388,26 +410,15 @@ PyObject* forward(PyObject*, PyObject* args) {
     const long Cp = (C + 7) / 8 * 8;
     std::vector<double> part((size_t)nch * 2 * C, 0.0);
     std::vector<float> shift(x, x + C);
-    for_chunks(threads, nch, [&](int t) {
-      long r0, r1;
-      split(M, nch, t, &r0, &r1);
+    for_chunks(threads, M, nch, [&](long t, long r0, long r1) {
       std::vector<float> f(2 * Cp);
       double* d = part.data() + (size_t)t * 2 * C;
-#if defined(BNACT_X86)
-      if (g_avx2) {
-        stats_avx2(x, r0, r1, C, shift.data(), f.data(), f.data() + Cp, d, d + C);
-        return;
-      }
-#endif
-      stats_scalar(x, r0, r1, C, shift.data(), f.data(), f.data() + Cp, d, d + C);
+      g_k->stats(x, r0, r1, C, shift.data(), f.data(), f.data() + Cp, d, d + C);
     });
     std::vector<float> a(C), b(C);
     for (long c = 0; c < C; ++c) {
-      double s1 = 0, s2 = 0;
-      for (long t = 0; t < nch; ++t) {
-        s1 += part[(size_t)t * 2 * C + c];
-        s2 += part[(size_t)t * 2 * C + C + c];
-      }
+      double s1, s2;
+      sum_partials(part, nch, C, c, &s1, &s2);
       const double m1 = s1 / M;
       const double var = std::max(0.0, s2 / M - m1 * m1);
       const double mean = shift[c] + m1;
@@ -420,16 +431,8 @@ PyObject* forward(PyObject*, PyObject* args) {
       }
     }
     coefficients(C, gamma, beta, smean, sinv, a.data(), b.data());
-    for_chunks(threads, nch, [&](int t) {
-      long r0, r1;
-      split(M, nch, t, &r0, &r1);
-#if defined(BNACT_X86)
-      if (g_avx2) {
-        norm_avx2(x, y, r0, r1, C, a.data(), b.data(), clamp);
-        return;
-      }
-#endif
-      norm_scalar(x, y, r0, r1, C, a.data(), b.data(), clamp);
+    for_chunks(threads, M, nch, [&](long, long r0, long r1) {
+      g_k->norm(x, y, r0, r1, C, a.data(), b.data(), clamp);
     });
   }
   Py_END_ALLOW_THREADS;
@@ -463,29 +466,17 @@ PyObject* backward(PyObject*, PyObject* args) {
     std::vector<float> a(C), b(C);
     coefficients(C, gamma, beta, mean, invstd, a.data(), b.data());
     std::vector<double> part((size_t)nch * 2 * C, 0.0);
-    for_chunks(threads, nch, [&](int t) {
-      long r0, r1;
-      split(M, nch, t, &r0, &r1);
+    for_chunks(threads, M, nch, [&](long t, long r0, long r1) {
       std::vector<float> f(2 * Cp);
       double* d = part.data() + (size_t)t * 2 * C;
-#if defined(BNACT_X86)
-      if (g_avx2) {
-        bsum_avx2(x, dy, r0, r1, C, a.data(), b.data(), mean, clamp, f.data(), f.data() + Cp,
-                  d, d + C);
-        return;
-      }
-#endif
-      bsum_scalar(x, dy, r0, r1, C, a.data(), b.data(), mean, clamp, f.data(), f.data() + Cp,
-                  d, d + C);
+      g_k->bsum(x, dy, r0, r1, C, a.data(), b.data(), mean, clamp, f.data(), f.data() + Cp, d,
+                d + C);
     });
     // dx = gamma * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean)))
     std::vector<float> k(C), p(C), q(C);
     for (long c = 0; c < C; ++c) {
-      double s1 = 0, s2 = 0;
-      for (long t = 0; t < nch; ++t) {
-        s1 += part[(size_t)t * 2 * C + c];
-        s2 += part[(size_t)t * 2 * C + C + c];
-      }
+      double s1, s2;
+      sum_partials(part, nch, C, c, &s1, &s2);
       const double is = invstd[c], kk = (double)gamma[c] * is;
       dbeta[c] = (float)s1;
       dgamma[c] = (float)(s2 * is);
@@ -494,33 +485,24 @@ PyObject* backward(PyObject*, PyObject* args) {
       q[c] = (float)(-kk * s1 / M);
     }
     if (dx)
-      for_chunks(threads, nch, [&](int t) {
-        long r0, r1;
-        split(M, nch, t, &r0, &r1);
-#if defined(BNACT_X86)
-        if (g_avx2) {
-          bdx_avx2(x, dy, dx, r0, r1, C, a.data(), b.data(), mean, k.data(), p.data(),
-                   q.data(), clamp);
-          return;
-        }
-#endif
-        bdx_scalar(x, dy, dx, r0, r1, C, a.data(), b.data(), mean, k.data(), p.data(), q.data(),
-                   clamp);
+      for_chunks(threads, M, nch, [&](long, long r0, long r1) {
+        g_k->bdx(x, dy, dx, r0, r1, C, a.data(), b.data(), mean, k.data(), p.data(), q.data(),
+                 clamp);
       });
   }
   Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
 }
 
-PyObject* isa(PyObject*, PyObject*) { return PyUnicode_FromString(g_avx2 ? "avx2" : "generic"); }
+PyObject* isa(PyObject*, PyObject*) { return PyUnicode_FromString(g_k->name); }
 
 // set_isa("generic" | "avx2"): for tests of the scalar path; returns the previous one
 PyObject* set_isa(PyObject*, PyObject* args) {
   const char* name;
   if (!PyArg_ParseTuple(args, "s", &name)) return nullptr;
-  const bool prev = g_avx2;
+  const char* prev = g_k->name;
   if (!strcmp(name, "generic")) {
-    g_avx2 = false;
+    g_k = &k_scalar;
   } else if (!strcmp(name, "avx2")) {
 #if defined(BNACT_X86)
     __builtin_cpu_init();
@@ -528,7 +510,7 @@ PyObject* set_isa(PyObject*, PyObject* args) {
       PyErr_SetString(PyExc_ValueError, "this CPU has no AVX2+FMA");
       return nullptr;
     }
-    g_avx2 = true;
+    g_k = &k_avx2;
 #else
     PyErr_SetString(PyExc_ValueError, "not an x86 build");
     return nullptr;
@@ -537,7 +519,7 @@ PyObject* set_isa(PyObject*, PyObject* args) {
     PyErr_SetString(PyExc_ValueError, "isa: generic or avx2");
     return nullptr;
   }
-  return PyUnicode_FromString(prev ? "avx2" : "generic");
+  return PyUnicode_FromString(prev);
 }
 
 // set_pool("omp" | "own"): torch's OpenMP team (the default where found) or our own threads;
@@ -592,7 +574,7 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_bnact",
 PyMODINIT_FUNC PyInit__bnact(void) {
 #if defined(BNACT_X86)
   __builtin_cpu_init();
-  g_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) g_k = &k_avx2;
 #endif
   load_omp();  // torch is imported before this module (mobilenetv2.model.bnact)
   static bool atfork = false;
