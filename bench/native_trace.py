@@ -13,7 +13,6 @@ transfer), so `wait - imbalance` estimates that cost.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import numpy as np
 import torch
@@ -33,10 +32,9 @@ def main() -> int:
     p.add_argument("--so", help="an engine build to load instead of the package's")
     args = p.parse_args()
     if args.so:
-        spec = importlib.util.spec_from_file_location("mobilenetv2.runtime.native._engine",
-                                                      args.so)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        from native_ab import load_build  # bench/, this script's folder, is on sys.path
+
+        mod = load_build(args.so)
     else:
         from mobilenetv2.runtime.native import _engine as mod
     torch.manual_seed(0)
