@@ -75,6 +75,8 @@ def test_readme_torchrun_command_learns_the_digits(tmp_path) -> None:
     import subprocess
     import sys
 
+    from support.procs import all_cores
+
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
@@ -82,7 +84,7 @@ def test_readme_torchrun_command_learns_the_digits(tmp_path) -> None:
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", "-m", "mobilenetv2", "train",
          "--epochs", "4", "--out", str(out), "--threads", "1", "--tensorboard", "false"],
-        env=env, capture_output=True, text=True, timeout=280)
+        env=env, capture_output=True, text=True, timeout=280, preexec_fn=all_cores)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"]["batch_size"] == 32  # the recipe's global 64 over 2 processes

@@ -99,7 +99,7 @@ def test_digits_weights_reproduce_reported_accuracy_via_public_route(tmp_path) -
     """What `quantize --calib digits` and `eval` do with our digits weights."""
     out = tmp_path / "run"
     cfg = make_config(model={"width": 0.35}, data={"num_workers": 0},
-                      train={"epochs": 1, "max_steps": 6, "threads": 2, "tensorboard": False},
+                      train={"epochs": 1, "max_steps": 6, "threads": 0, "tensorboard": False},
                       out=str(out))
     result = train(cfg, progress=False)
     model = load_weights(str(out / "model.safetensors"))

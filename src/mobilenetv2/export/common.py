@@ -69,17 +69,24 @@ def example_size(model: nn.Module, input_size: int | None) -> int:
     return model.config.resolution
 
 
-def capture_graph(model: nn.Module, size: int) -> Any:
+def capture_graph(model: nn.Module, size: int, dynamic_batch: bool = False) -> Any:
     """The BN-folded float network as an ATen graph (`torch.export`, batch 1, NCHW), the one
-    graph the phone formats lower (TFLite op by op, ExecuTorch to XNNPACK)."""
+    graph the phone formats lower (TFLite op by op, ExecuTorch to XNNPACK).
+
+    `dynamic_batch`: the batch dimension stays symbolic, so int8 calibration can feed whole
+    batches (one call per image through the observers cost ~0.1 s each); the program written
+    to the phone file is exported again at batch 1 from the converted graph."""
     import torch
 
     from mobilenetv2.model.fuse import fuse, is_fused
 
     net = model.eval() if is_fused(model) else fuse(model.eval(), channels_last=False)
     net = net.to(memory_format=torch.contiguous_format).float()
-    example = torch.zeros(1, 3, size, size)
-    return torch.export.export(net, (example,)).module()
+    if not dynamic_batch:
+        return torch.export.export(net, (torch.zeros(1, 3, size, size),)).module()
+    # an example batch of 2: torch.export specialises a dimension it sees as 1
+    return torch.export.export(net, (torch.zeros(2, 3, size, size),),
+                               dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
 
 
 def phone_metadata(model: nn.Module, precision: str, fmt: str,
