@@ -55,13 +55,16 @@ def enabled() -> bool:
 
 
 def describe() -> str:
-    """One line for the run log: which BatchNorm path trains."""
+    """One line for the run log and the tuner's cache key: which BatchNorm and depthwise
+    convolution paths train."""
     if os.environ.get("MOBILENETV2_FUSED_BN", "1") == "0":
         return "BatchNorm: torch (MOBILENETV2_FUSED_BN=0)"
     if not AVAILABLE:
         return "BatchNorm: torch (fused kernel not built)"
+    from mobilenetv2.model import dwconv  # imports this module
+
     return (f"BatchNorm: fused BN+ReLU6 ({_bnact.isa()}, {_bnact.pool()} threads) for "
-            f"channels_last fp32, torch otherwise")
+            f"channels_last fp32, torch otherwise; {dwconv.describe()}")
 
 
 def _autocasting() -> bool:
