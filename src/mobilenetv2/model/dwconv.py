@@ -33,12 +33,8 @@ def enabled() -> bool:
 
 
 def describe() -> str:
-    """One line for the run log (and the tuner's cache key): which depthwise path trains."""
-    if os.environ.get("MOBILENETV2_FUSED_DW", "1") == "0":
-        return "depthwise 3x3: torch (MOBILENETV2_FUSED_DW=0)"
-    if not enabled():
-        return "depthwise 3x3: torch"
-    return f"depthwise 3x3: ours ({bnact._bnact.isa()}) for channels_last fp32, torch otherwise"
+    """One line for the run log (and the tuner's cache key, through bnact.describe)."""
+    return bnact.describe_depthwise()
 
 
 def fusable(x: torch.Tensor, conv: nn.Module) -> bool:
