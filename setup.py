@@ -43,7 +43,8 @@ setup(
         Extension(
             "mobilenetv2.model._bnact",
             sources=["src/mobilenetv2/model/_bnact.cpp"],
-            depends=["src/mobilenetv2/runtime/native/_pool.h"],
+            depends=["src/mobilenetv2/runtime/native/_pool.h",
+                     "src/mobilenetv2/model/_dwconv.inc"],
             language="c++",
             extra_compile_args=compile_args,
             extra_link_args=link_args + ["-pthread"],

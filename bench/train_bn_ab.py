@@ -7,6 +7,8 @@ processes hits both alike; medians of per-step milliseconds.
     python bench/train_bn_ab.py                 # 224 b32, 6 rounds of 2 steps each
     python bench/train_bn_ab.py --profile       # + torch.profiler self-CPU top ops per path
     python bench/train_bn_ab.py --size 32 --batch 128 --width 0.5 --small-input   # digits net
+    python bench/train_bn_ab.py --switch MOBILENETV2_FUSED_DW   # our depthwise conv on/off,
+                                                                # the fused BN on in both
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ def main() -> None:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--pool", choices=("omp", "own"), default=None,
                    help="the fused kernel's threads: torch's OpenMP team (default) or its own")
+    p.add_argument("--switch", default="MOBILENETV2_FUSED_BN",
+                   choices=("MOBILENETV2_FUSED_BN", "MOBILENETV2_FUSED_DW"),
+                   help="the variable the A/B turns off (FUSED_BN=0 turns off both kernels)")
     args = p.parse_args()
+    off_name = "torch BN" if args.switch == "MOBILENETV2_FUSED_BN" else "torch depthwise"
     if args.pool and bnact.AVAILABLE:
         bnact._bnact.set_pool(args.pool)
     # as the CLI's training does (train.malloc): without it, page faults on the large
@@ -63,7 +69,7 @@ def main() -> None:
         opt.step()
 
     def run(fused: bool, steps: int) -> float:
-        os.environ["MOBILENETV2_FUSED_BN"] = "1" if fused else "0"
+        os.environ[args.switch] = "1" if fused else "0"
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
@@ -77,14 +83,14 @@ def main() -> None:
     on, off = statistics.median(ms[True]), statistics.median(ms[False])
     print(f"{args.size}x{args.size} batch {args.batch} width {args.width} "
           f"{'NCHW' if args.nchw else 'channels_last'} fp32, {args.rounds} interleaved rounds "
-          f"of {args.steps} steps, median ms/step: torch BN {off:.0f}, fused {on:.0f} "
+          f"of {args.steps} steps, median ms/step: {off_name} {off:.0f}, ours {on:.0f} "
           f"({off / on:.2f}x)")
     if args.profile:
         for fused in (False, True):
-            os.environ["MOBILENETV2_FUSED_BN"] = "1" if fused else "0"
+            os.environ[args.switch] = "1" if fused else "0"
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 step()
-            print(f"--- {'fused' if fused else 'torch BN'}: one step, self CPU")
+            print(f"--- {'ours' if fused else off_name}: one step, self CPU")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 

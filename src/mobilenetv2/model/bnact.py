@@ -27,7 +27,7 @@ from torch.nn.modules import module as _module
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AVAILABLE", "UNAVAILABLE", "describe", "enabled", "fused_bn_act"]
+__all__ = ["AVAILABLE", "UNAVAILABLE", "describe", "describe_depthwise", "enabled", "fused_bn_act"]
 
 try:
     import mobilenetv2.model._bnact as _bnact  # type: ignore[import-not-found]
@@ -55,13 +55,24 @@ def enabled() -> bool:
 
 
 def describe() -> str:
-    """One line for the run log: which BatchNorm path trains."""
+    """One line for the run log and the tuner's cache key: which BatchNorm and depthwise
+    convolution paths train."""
     if os.environ.get("MOBILENETV2_FUSED_BN", "1") == "0":
         return "BatchNorm: torch (MOBILENETV2_FUSED_BN=0)"
     if not AVAILABLE:
         return "BatchNorm: torch (fused kernel not built)"
     return (f"BatchNorm: fused BN+ReLU6 ({_bnact.isa()}, {_bnact.pool()} threads) for "
-            f"channels_last fp32, torch otherwise")
+            f"channels_last fp32, torch otherwise; {describe_depthwise()}")
+
+
+def describe_depthwise() -> str:
+    """The depthwise 3x3 convolution's path (model.dwconv, in this module's extension; here
+    so that describe() needs no import of dwconv, which imports this module)."""
+    if os.environ.get("MOBILENETV2_FUSED_DW", "1") == "0":
+        return "depthwise 3x3: torch (MOBILENETV2_FUSED_DW=0)"
+    if not enabled():
+        return "depthwise 3x3: torch"
+    return f"depthwise 3x3: ours ({_bnact.isa()}) for channels_last fp32, torch otherwise"
 
 
 def _autocasting() -> bool:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenetv2.model import bnact
+from mobilenetv2.model import bnact, dwconv
 
 __all__ = ["ConvBNAct", "ReLU6", "ResidualAdd", "SamePad2d", "tf_same_padding"]
 
@@ -150,7 +150,8 @@ class ConvBNAct(nn.Sequential):
         super().__init__(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Training on a CPU: BN (+ ReLU6) as one fused op (model.bnact, issue 14). Scripting
+        # Training on a CPU: BN (+ ReLU6) as one fused op (model.bnact, issue 14), a depthwise
+        # 3x3 conv on our kernel (model.dwconv). Scripting
         # compiles only the plain loop below; everything `bnact.fusable` rejects (eval,
         # tracing, compiling, other layouts, hooks, ...) takes it too, module by module.
         if not torch.jit.is_scripting():
@@ -171,7 +172,9 @@ class ConvBNAct(nn.Sequential):
             return None
         if "pad" in self._modules:
             x = self._modules["pad"](x)
-        x = self._modules["conv"](x)
+        conv = self._modules["conv"]
+        # a depthwise 3x3 conv on our kernel (model.dwconv), under the same conditions
+        x = dwconv.depthwise_conv(x, conv) if dwconv.fusable(x, conv) else conv(x)
         act_ok = act is None or (type(act) is ReLU6 and act.inplace)
         if bnact.fusable(x, bn, act, act_ok):
             return bnact.fused_bn_act(x, bn, clamp=act is not None)
