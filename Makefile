@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # One pytest-xdist worker per core, each pinned to its core with one torch thread
 # (tests/conftest.py), a test file per worker at a time (module fixtures built once):
-# on 2 cores the suite took 1063 s in one process and 650-770 s this way. Override to taste,
+# on 2 cores (Zen 3) the suite took 1063 s in one process and 616-634 s this way. Override,
 # e.g. `make test PYTEST_ARGS=` for one process.
 PYTEST_ARGS ?= -n auto --dist loadfile
 
