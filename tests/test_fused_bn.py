@@ -13,38 +13,22 @@ from torch import nn
 
 from mobilenetv2.model import bnact
 from mobilenetv2.model.layers import ConvBNAct
+from support.kernels import count_calls, digits_loss_curve, kernel_isa, kernel_isas
 
 pytestmark = pytest.mark.skipif(not bnact.AVAILABLE, reason=bnact.UNAVAILABLE or "built")
 CL = torch.channels_last
 
 
-def _isas() -> list[str]:
-    if not bnact.AVAILABLE:
-        return []
-    prev = bnact._bnact.isa()
-    return sorted({prev, "generic"})
-
-
 @pytest.fixture
 def calls(monkeypatch):
     """How many times the fused op ran."""
-    n = [0]
-    real = bnact.fused_bn_act
-
-    def spy(*a, **k):
-        n[0] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(bnact, "fused_bn_act", spy)
-    monkeypatch.delenv("MOBILENETV2_FUSED_BN", raising=False)
-    return n
+    return count_calls(monkeypatch, bnact, "fused_bn_act")
 
 
-@pytest.fixture(params=_isas())
+@pytest.fixture(params=kernel_isas())
 def isa(request):
-    prev = bnact._bnact.set_isa(request.param)
-    yield request.param
-    bnact._bnact.set_isa(prev)
+    with kernel_isa(request.param):
+        yield request.param
 
 
 def _reference(m: ConvBNAct, x: torch.Tensor) -> torch.Tensor:
@@ -246,26 +230,8 @@ def test_digits_network_loss_curve_matches(calls, monkeypatch):
     the fused path's loss curve is as close to a float64 run of torch's path as torch's own
     float32 path is (at initialisation this network's fp32 gradients differ by ~1% between
     torch's own layouts, so float64 is the reference). Dropout off: the runs compare exactly."""
-    from mobilenetv2 import MobileNetV2, ModelConfig
-
-    def curve(fused: bool, dtype: torch.dtype) -> torch.Tensor:
-        monkeypatch.setenv("MOBILENETV2_FUSED_BN", "1" if fused else "0")
-        torch.manual_seed(5)
-        model = MobileNetV2(ModelConfig(width=0.35, small_input=True, resolution=32,
-                                        num_classes=10, dropout=0.0)).train()
-        model = model.to(dtype=dtype, memory_format=CL)
-        opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-        g = torch.Generator().manual_seed(6)
-        x = torch.randn(8, 3, 32, 32, generator=g).to(dtype=dtype, memory_format=CL)
-        y = torch.randint(0, 10, (8,), generator=g)
-        losses = []
-        for _ in range(5):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return torch.tensor(losses, dtype=torch.float64)
+    def curve(on: bool, dtype: torch.dtype) -> torch.Tensor:
+        return digits_loss_curve(monkeypatch, "MOBILENETV2_FUSED_BN", on, dtype)
 
     exact = curve(False, torch.float64)
     assert calls[0] == 0

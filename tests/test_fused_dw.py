@@ -13,38 +13,22 @@ from torch import nn
 
 from mobilenetv2.model import bnact, dwconv
 from mobilenetv2.model.layers import ConvBNAct
+from support.kernels import count_calls, digits_loss_curve, kernel_isa, kernel_isas
 
 pytestmark = pytest.mark.skipif(not bnact.AVAILABLE, reason=bnact.UNAVAILABLE or "built")
 CL = torch.channels_last
 
 
-def _isas() -> list[str]:
-    if not bnact.AVAILABLE:
-        return []
-    return sorted({bnact._bnact.isa(), "generic"})
-
-
 @pytest.fixture
 def calls(monkeypatch):
     """How many times our depthwise kernel ran."""
-    n = [0]
-    real = dwconv.depthwise_conv
-
-    def spy(*a, **k):
-        n[0] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(dwconv, "depthwise_conv", spy)
-    monkeypatch.delenv("MOBILENETV2_FUSED_BN", raising=False)
-    monkeypatch.delenv("MOBILENETV2_FUSED_DW", raising=False)
-    return n
+    return count_calls(monkeypatch, dwconv, "depthwise_conv")
 
 
-@pytest.fixture(params=_isas())
+@pytest.fixture(params=kernel_isas())
 def isa(request):
-    prev = bnact._bnact.set_isa(request.param)
-    yield request.param
-    bnact._bnact.set_isa(prev)
+    with kernel_isa(request.param):
+        yield request.param
 
 
 def _run(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
@@ -191,26 +175,8 @@ def test_digits_network_loss_curve_matches(calls, monkeypatch):
     """A few SGD steps of a digits-style network (width 0.35, small_input, 32x32), channels_last,
     fused BN on in both runs: with our depthwise kernel the loss curve is as close to a float64
     run of torch's path as the float32 run with torch's depthwise conv is."""
-    from mobilenetv2 import MobileNetV2, ModelConfig
-
-    def curve(dw: bool, dtype: torch.dtype) -> torch.Tensor:
-        monkeypatch.setenv("MOBILENETV2_FUSED_DW", "1" if dw else "0")
-        torch.manual_seed(5)
-        model = MobileNetV2(ModelConfig(width=0.35, small_input=True, resolution=32,
-                                        num_classes=10, dropout=0.0)).train()
-        model = model.to(dtype=dtype, memory_format=CL)
-        opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-        g = torch.Generator().manual_seed(6)
-        x = torch.randn(8, 3, 32, 32, generator=g).to(dtype=dtype, memory_format=CL)
-        y = torch.randint(0, 10, (8,), generator=g)
-        losses = []
-        for _ in range(5):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return torch.tensor(losses, dtype=torch.float64)
+    def curve(on: bool, dtype: torch.dtype) -> torch.Tensor:
+        return digits_loss_curve(monkeypatch, "MOBILENETV2_FUSED_DW", on, dtype)
 
     exact = curve(False, torch.float64)
     plain = curve(False, torch.float32)
