@@ -11,7 +11,9 @@ the figure is the median over rounds. Peers' settings, stated:
 - OpenVINO: static input shape per batch size, INFERENCE_PRECISION_HINT=f32, PERFORMANCE_HINT
   LATENCY at both batch sizes (the batch runs as one synchronous request, which THROUGHPUT
   gives only one stream of the cores: half the speed on 2 cores), INFERENCE_NUM_THREADS=threads;
-- native: `NativeEngine(model, threads)`, the ISA it picks.
+- native: `NativeEngine(model, threads)`, the ISA it picks;
+- XNNPACK (issue 13 names ExecuTorch/XNNPACK as a peer): our `.tflite` on LiteRT and our `.pte`
+  on ExecuTorch, `threads` threads, where installed (`--no-phone` leaves them out).
 Prints the CPU model and ISA with the figures.
 
 `--precision int8` (issue 13's int8 target): the model is quantized once by our PTQ
@@ -61,7 +63,8 @@ def main() -> int:
     p.add_argument("--weights", help="weights spec (default: random, BN re-estimated)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
     p.add_argument("--calib-images", type=int, default=16)
-    p.add_argument("--no-phone", action="store_true", help="int8: skip the XNNPACK rows")
+    p.add_argument("--no-phone", action="store_true",
+                   help="skip the XNNPACK rows (LiteRT, ExecuTorch)")
     args = p.parse_args()
     if args.weights:
         from mobilenetv2.weights import load_weights
@@ -98,6 +101,8 @@ def main() -> int:
             b: _first_output(openvino_compile(onnx, "fp32", args.threads, plain=True,
                                               shape=x.shape, hint=hint).create_infer_request())
             for b, x, hint in ((1, x1, "LATENCY"), (args.batch, xb, "LATENCY"))}
+    if not args.no_phone:
+        runners.update(_phone_runners(model, Path(tmp.name), args, None))
     for peer, run in runners.items():  # same weights: the same logits
         err = float(np.abs(np.asarray(run[1](x1)) - ref).max())
         assert err < 1e-3 * max(1.0, float(np.abs(ref).max())), (peer, err)
@@ -151,8 +156,6 @@ def _int8_runners(model, onnx: Path, work: Path, x1: np.ndarray, xb: np.ndarray,
     .pte of the same weights (module docstring)."""
     from mobilenetv2.quant.ptq import quantize_onnx
     from mobilenetv2.runtime.native.int8 import NativeInt8Engine
-    from mobilenetv2.runtime.session import InferenceSession
-
     calib = np.random.default_rng(1).standard_normal(
         (args.calib_images, 3, args.size, args.size), dtype=np.float32)
     q = quantize_onnx(onnx, work / "m.int8.onnx", calib)
@@ -176,21 +179,31 @@ def _int8_runners(model, onnx: Path, work: Path, x1: np.ndarray, xb: np.ndarray,
                              .create_infer_request())
             for b, x in ((1, x1), (args.batch, xb))}
     if not args.no_phone:
-        from mobilenetv2.export.executorch import export_executorch
-        from mobilenetv2.export.tflite import export_tflite
-
-        for backend, export, suffix in (("litert", export_tflite, "tflite"),
-                                        ("executorch", export_executorch, "pte")):
-            if not backend_installed(backend):
-                continue
-            path = export(model, work / f"m.int8.{suffix}", precision="int8",
-                          calibration=calib, input_size=args.size).path
-            s = InferenceSession(path, backend=backend, precision="int8",
-                                 threads=args.threads)
-            runners[f"{backend} xnnpack"] = {1: s, args.batch: s}
+        runners.update(_phone_runners(model, work, args, calib))
     agree = {k: float((np.asarray(r[args.batch](xb)).argmax(1) == ref.argmax(1)).mean())
              for k, r in runners.items() if k != "onnxruntime"}
     return runners, native.isa, agree
+
+
+def _phone_runners(model, work: Path, args, calib: np.ndarray | None) -> dict:
+    """XNNPACK through our `.tflite` (LiteRT) and `.pte` (ExecuTorch) exports of the same
+    weights, in `args.precision`, `args.threads` threads, where those runtimes are installed
+    (issue 13 names ExecuTorch/XNNPACK among the peers for both precisions)."""
+    from mobilenetv2.export.executorch import export_executorch
+    from mobilenetv2.export.tflite import export_tflite
+    from mobilenetv2.runtime.session import InferenceSession
+
+    runners = {}
+    for backend, export, suffix in (("litert", export_tflite, "tflite"),
+                                    ("executorch", export_executorch, "pte")):
+        if not backend_installed(backend):
+            continue
+        path = export(model, work / f"m.{args.precision}.{suffix}", precision=args.precision,
+                      calibration=calib, input_size=args.size).path
+        s = InferenceSession(path, backend=backend, precision=args.precision,
+                             threads=args.threads)
+        runners[f"{backend} xnnpack"] = {1: s, args.batch: s}
+    return runners
 
 
 if __name__ == "__main__":

@@ -78,6 +78,20 @@ def test_batches_split_over_threads_match(isa, threads) -> None:
     assert np.abs(one - got[3:4]).max() <= 1e-5  # an image's logits do not depend on its batch
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_nan_pixel_gives_nan_logits_as_in_pytorch(isa) -> None:
+    # ReLU6 keeps a NaN a NaN (PyTorch's hardtanh does; a max/min with the operands the other
+    # way round would turn it into 0 or 6 and give finite, wrong logits)
+    model = _model(0.35, 64)
+    x = _x(2, 64)
+    x[0, 1, 10, 10] = np.nan
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = native.NativeEngine(model, threads=2, isa=isa)(x)
+    assert np.isnan(ref[0]).all() and np.isnan(got[0]).all()
+    assert np.abs(got[1] - ref[1]).max() <= 1e-4 * max(1.0, float(np.abs(ref[1]).max()))
+
+
 def test_fuzzed_shapes() -> None:
     """Seeded random widths, paddings, strides, sizes (non-square too), batches, threads."""
     rng = np.random.default_rng(13)

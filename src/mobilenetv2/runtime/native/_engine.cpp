@@ -57,7 +57,7 @@ struct BlockPlan {
 };
 
 struct HeadPlan {
-  int cin_p, cout, cout_p, classes;
+  int cin_p, cout, cout_p, classes, classes_p;
   const float *wh, *bh, *wf, *bf;
   int h, w;
 };
@@ -97,20 +97,19 @@ struct Kernels {
   const char* name;
   int vw;
   void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
-  void (*head)(const HeadPlan&, const float*, int, int, float*, float*);
-  void (*fc)(const HeadPlan&, const float*, int, int, float*, const float*);
+  void (*head)(const HeadPlan&, const float*, int, int, float*, float*, const float*);
   void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
   void (*reduce)(float*, long, long, int, int, long);
 };
 
 const Kernels KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_fc,
+    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head,
      isa_avx512::run_block_map, isa_avx512::reduce_partials},
-    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_fc,
+    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head,
      isa_avx2::run_block_map, isa_avx2::reduce_partials},
 #endif
-    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_fc,
+    {"generic", 4, isa_generic::run_block, isa_generic::run_head,
      isa_generic::run_block_map, isa_generic::reduce_partials},
 };
 
@@ -212,6 +211,17 @@ void pack_pw(const float* w, int cout, int cin, int cout_p, int cin_p, int vw, B
       out.p[((size_t)(o / vw) * cin_p + i) * vw + o % vw] = w[(size_t)o * cin + i];
 }
 
+// The classifier [classes][cin] -> [cin_p / vw][classes_p / vw][vw channels][vw classes]:
+// one channel vector's weights for every class contiguous (run_head's fc_chunk reads them
+// right after pooling those channels).
+void pack_fc(const float* w, int classes, int cin, int classes_p, int cin_p, int vw, Buf& out) {
+  out.reserve((size_t)classes_p * cin_p);
+  for (int j = 0; j < classes; ++j)
+    for (int c = 0; c < cin; ++c)
+      out.p[(((size_t)(c / vw) * (classes_p / vw) + j / vw) * vw + c % vw) * vw + j % vw] =
+          w[(size_t)j * cin + c];
+}
+
 // A per-output-channel kernel [cout][taps] -> [taps][cout_p] (depthwise, stem).
 void pack_taps(const float* w, int cout, int taps, int cout_p, Buf& out) {
   out.reserve((size_t)taps * cout_p);
@@ -257,7 +267,6 @@ struct Engine {
   std::vector<Buf>* lanes_a;
   std::vector<Buf>* lanes_b;
   std::vector<Buf>* scratch;  // per thread: ring + depthwise row, or the head's rows
-  std::vector<Buf>* pooled;   // per thread
   std::atomic<bool>* busy;
 };
 
@@ -348,14 +357,15 @@ void plan_shape(Engine* e, int H, int W) {
   hp.cout = e->head_cout;
   hp.cout_p = pad_to(e->head_cout, vw);
   hp.classes = e->classes;
+  hp.classes_p = pad_to(e->classes, vw);
   hp.wh = e->wh->p;
   hp.bh = e->bh->p;
   hp.wf = e->wf->p;
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
-  // run_head's HEAD_PIX x NR*VW, then this thread's channel means and partial logits
-  e->tmp_floats = std::max<long>(64L * 3 * vw, hp.cout_p + pad_to(hp.classes, vw));
+  // run_head's HEAD_PIX x NR*VW, then this thread's partial logits
+  e->tmp_floats = 64L * 3 * vw + hp.classes_p;
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -416,32 +426,30 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     in = out;
   }
   const HeadPlan& hp = e->head;
-  // head channels split in whole vector blocks; every thread's sums go to one pooled vector
+  // head channels split in whole vector blocks; each thread's classifier partial (over the
+  // channels it pooled) follows run_head's rows in its scratch. Thread 0's starts from the
+  // bias and, after the one barrier, it adds the others'. A last barrier only when another
+  // image follows in this job (its first block reuses the scratch holding the partials);
+  // after the job's last image the pool's end of job is that wait.
   const int vw = e->k->vw, blocks = hp.cout_p / vw;
   const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
-  float* pooled = (*e->pooled)[solo ? tid : 0].p;
-  e->k->head(hp, in, c0, c1, scr, pooled);
-  // The head is done: its scratch holds this thread's channel means, then its partial logits
-  // (the classifier over its own head channels: no barrier between the head and the
-  // classifier). Thread 0 writes bias + its partial into the logits and, after the one
-  // barrier, adds the others'. A last barrier only when another image follows in this job
-  // (its first block reuses the scratch holding the partials); after the job's last image
-  // the pool's end of job is that wait.
-  float* mean = scr;
-  float* part = scr + hp.cout_p;
-  const float inv = 1.0f / (float)((long)hp.h * hp.w);
-  for (int c = c0; c < c1; ++c) mean[c] = pooled[c] * inv;
-  e->k->fc(hp, mean, c0, c1, me == 0 ? logits : part, me == 0 ? hp.bf : nullptr);
+  const long part_at = 64L * 3 * vw;
+  float* part = scr + part_at;
+  e->k->head(hp, in, c0, c1, scr, part, me == 0 ? hp.bf : nullptr);
   const size_t L = plans.size();
   mark(L, 0);
   if (!solo) {
     e->pool->barrier();
     mark(L, 1);
-    if (me == 0)
-      for (int t = 1; t < T; ++t) {
-        const float* other = (*e->scratch)[t].p + hp.cout_p;
-        for (int j = 0; j < hp.classes; ++j) logits[j] += other[j];
-      }
+  }
+  if (me == 0) {
+    for (int j = 0; j < hp.classes; ++j) logits[j] = part[j];
+    for (int t = 1; t < T; ++t) {
+      const float* other = (*e->scratch)[t].p + part_at;
+      for (int j = 0; j < hp.classes; ++j) logits[j] += other[j];
+    }
+  }
+  if (!solo) {
     mark(L, 0);
     if (more) e->pool->barrier();
   }
@@ -489,7 +497,6 @@ void engine_dealloc(Engine* e) {
   delete e->lanes_a;
   delete e->lanes_b;
   delete e->scratch;
-  delete e->pooled;
   delete e->busy;
   Py_TYPE(e)->tp_free(reinterpret_cast<PyObject*>(e));
 }
@@ -540,7 +547,6 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   e->lanes_a = new std::vector<Buf>(threads);
   e->lanes_b = new std::vector<Buf>(threads);
   e->scratch = new std::vector<Buf>(threads);
-  e->pooled = new std::vector<Buf>(threads);
   e->busy = new std::atomic<bool>(false);
   e->pool = nullptr;
   e->cur_h = e->cur_w = -1;
@@ -629,11 +635,8 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   const int hcin_p = pad_to(e->head_cin, vw), hcout_p = pad_to(e->head_cout, vw);
   pack_pw(vh.f(), e->head_cout, e->head_cin, hcout_p, hcin_p, vw, *e->wh);
   pack_bias(vbh.f(), e->head_cout, hcout_p, *e->bh);
-  e->wf->reserve((size_t)e->classes * hcout_p);
-  for (int j = 0; j < e->classes; ++j)
-    memcpy(e->wf->p + (size_t)j * hcout_p, vf.f() + (size_t)j * e->head_cout,
-           e->head_cout * sizeof(float));
-  pack_bias(vbf.f(), e->classes, e->classes, *e->bf);
+  pack_fc(vf.f(), e->classes, e->head_cout, pad_to(e->classes, vw), hcout_p, vw, *e->wf);
+  pack_bias(vbf.f(), e->classes, pad_to(e->classes, vw), *e->bf);
   if (e->blocks->empty() || (*e->blocks)[0].kind != KIND_STEM ||
       (*e->blocks).back().cout != e->head_cin) {
     PyErr_SetString(PyExc_ValueError, "the network must start with the stem-fused block 0");
@@ -682,8 +685,7 @@ PyObject* engine_run(Engine* e, PyObject* args) {
   for (int l = 0; l < lanes && !oom; ++l)
     oom = !(*e->lanes_a)[l].reserve(e->act_a) || !(*e->lanes_b)[l].reserve(e->act_b);
   for (int t = 0; t < T && !oom; ++t)
-    oom = !(*e->scratch)[t].reserve(e->scratch_floats) ||
-          !(*e->pooled)[t].reserve(pad_to(e->head_cout, e->k->vw));
+    oom = !(*e->scratch)[t].reserve(e->scratch_floats);
   if (!oom) {
     const float* img = x.f();
     float* logits = static_cast<float*>(o.b.buf);
@@ -731,11 +733,11 @@ PyObject* engine_run(Engine* e, PyObject* args) {
 }
 
 // The engine's working memory now allocated: activations (ping-pong bottleneck buffers per
-// lane), per-thread scratch (expansion ring, depthwise row, head rows) and pooled sums.
+// lane) and per-thread scratch (expansion ring, depthwise row, head rows, partial logits).
 // Weights are not counted (as in memory.py's schedules).
 PyObject* engine_memory(Engine* e, PyObject*) {
   size_t total = 0;
-  for (auto* v : {e->lanes_a, e->lanes_b, e->scratch, e->pooled})
+  for (auto* v : {e->lanes_a, e->lanes_b, e->scratch})
     for (const Buf& b : *v) total += b.bytes();
   return PyLong_FromSize_t(total);
 }
