@@ -114,7 +114,8 @@ def main() -> int:
 
 
 def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, list[str]]:
-    """Median seconds per (runtime, batch) over interleaved rotating rounds."""
+    """Median seconds per (runtime, batch) over interleaved rotating rounds; under the key
+    "rounds", the per-round seconds themselves (for the paired per-round ratios)."""
     times: dict[tuple[str, int], list[float]] = {}
     names = list(runners)
     for r in range(args.rounds):
@@ -126,7 +127,9 @@ def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, li
                 for _ in range(n):
                     run(x)
                 times.setdefault((peer, batch), []).append((time.perf_counter() - t0) / n)
-    return {k: statistics.median(v) for k, v in times.items()}, names
+    med: dict = {k: statistics.median(v) for k, v in times.items()}
+    med["rounds"] = times
+    return med, names
 
 
 def _report(med: dict, names: list[str], args, model, isa_line: str,
@@ -148,6 +151,15 @@ def _report(med: dict, names: list[str], args, model, isa_line: str,
         print(f"\nnative vs {which}: batch 1 latency ratio {med[('native', 1)] / b1:.2f} "
               f"(target <= 0.8), batch {args.batch} throughput ratio "
               f"{bt / med[('native', args.batch)]:.2f} (target >= 1.2)")
+        # the same ratio within each round, against that same fastest peer (paired: the two
+        # measured minutes apart at most, so the machine's drift between rounds cancels; not
+        # against each round's fastest, a minimum over noisy peers that is biased low)
+        rounds = med["rounds"]
+        best = min(peers, key=lambda n: med[(n, 1)])
+        per = sorted(rounds[("native", 1)][r] / rounds[(best, 1)][r] for r in range(args.rounds))
+        print(f"batch 1 ratio to {best} per round: median {statistics.median(per):.2f}, range "
+              f"{per[0]:.2f}-{per[-1]:.2f} ({sum(v <= 0.8 for v in per)} of {args.rounds} "
+              f"rounds <= 0.8)")
 
 
 def _int8_runners(model, onnx: Path, work: Path, x1: np.ndarray, xb: np.ndarray,
