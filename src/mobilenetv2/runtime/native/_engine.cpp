@@ -339,7 +339,7 @@ void plan_shape(Engine* e, int H, int W) {
   hp.h = h;
   hp.w = w;
   // run_head's HEAD_PIX x NR*VW, then this thread's partial logits
-  e->tmp_floats = 64L * 3 * vw + hp.classes_p;
+  e->tmp_floats = HEAD_ROWS_VECTORS * vw + hp.classes_p;
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
@@ -407,7 +407,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   // after the job's last image the pool's end of job is that wait.
   const int vw = e->k->vw, blocks = hp.cout_p / vw;
   const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
-  const long part_at = 64L * 3 * vw;
+  const long part_at = HEAD_ROWS_VECTORS * vw;
   float* part = scr + part_at;
   e->k->head(hp, in, c0, c1, scr, part, me == 0 ? hp.bf : nullptr);
   const size_t L = plans.size();

@@ -8,6 +8,10 @@ constexpr int KIND_STEM = 0, KIND_EXPAND = 1, KIND_DIRECT = 2;
 
 inline int pad_to(int n, int m) { return (n + m - 1) / m * m; }
 
+// run_head's rows in a thread's scratch, in vectors: HEAD_PIX (64) pixels x at most 3 vectors
+// (NR on AVX-512); the thread's partial logits follow them.
+constexpr long HEAD_ROWS_VECTORS = 64L * 3;
+
 // Everything one fused block needs at run time: weights (packed for the ISA's width) and the
 // geometry of the current input size.
 struct BlockPlan {
