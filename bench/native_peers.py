@@ -80,8 +80,8 @@ def main() -> int:
     xb = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
     if args.precision == "int8":
         runners, isa, agree = _int8_runners(model, onnx, Path(tmp.name), x1, xb, args)
-        med, names = _race(runners, x1, xb, args)
-        _report(med, names, args, model, f"native int8 ISA {isa} (this CPU runs "
+        times, names = _race(runners, x1, xb, args)
+        _report(times, names, args, model, f"native int8 ISA {isa} (this CPU runs "
                 f"{', '.join(int8_isas())})", peers_for_target=("openvino", "litert xnnpack",
                                                                "executorch xnnpack"))
         print("\ntop-1 agreement with ONNX Runtime int8 on the batch: " + ", ".join(
@@ -106,16 +106,15 @@ def main() -> int:
     for peer, run in runners.items():  # same weights: the same logits
         err = float(np.abs(np.asarray(run[1](x1)) - ref).max())
         assert err < 1e-3 * max(1.0, float(np.abs(ref).max())), (peer, err)
-    med, names = _race(runners, x1, xb, args)
-    _report(med, names, args, model, f"native ISA {native.isa} (this CPU runs "
+    times, names = _race(runners, x1, xb, args)
+    _report(times, names, args, model, f"native ISA {native.isa} (this CPU runs "
             f"{', '.join(cpu_isas())})", peers_for_target=None)
     tmp.cleanup()
     return 0
 
 
 def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, list[str]]:
-    """Median seconds per (runtime, batch) over interleaved rotating rounds; under the key
-    "rounds", the per-round seconds themselves (for the paired per-round ratios)."""
+    """Seconds per call of each (runtime, batch), one entry per interleaved rotating round."""
     times: dict[tuple[str, int], list[float]] = {}
     names = list(runners)
     for r in range(args.rounds):
@@ -127,13 +126,12 @@ def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, li
                 for _ in range(n):
                     run(x)
                 times.setdefault((peer, batch), []).append((time.perf_counter() - t0) / n)
-    med: dict = {k: statistics.median(v) for k, v in times.items()}
-    med["rounds"] = times
-    return med, names
+    return times, names
 
 
-def _report(med: dict, names: list[str], args, model, isa_line: str,
+def _report(times: dict, names: list[str], args, model, isa_line: str,
             peers_for_target: tuple[str, ...] | None) -> None:
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(f"CPU: {cpu_info().model}; {isa_line}; {args.threads} threads; width {args.width}, "
           f"{args.size}x{args.size}, padding {model.config.padding}, {args.precision}; median "
           f"of {args.rounds} interleaved rounds\n")
@@ -154,9 +152,8 @@ def _report(med: dict, names: list[str], args, model, isa_line: str,
         # the same ratio within each round, against that same fastest peer (paired: the two
         # measured minutes apart at most, so the machine's drift between rounds cancels; not
         # against each round's fastest, a minimum over noisy peers that is biased low)
-        rounds = med["rounds"]
         best = min(peers, key=lambda n: med[(n, 1)])
-        per = sorted(rounds[("native", 1)][r] / rounds[(best, 1)][r] for r in range(args.rounds))
+        per = sorted(times[("native", 1)][r] / times[(best, 1)][r] for r in range(args.rounds))
         print(f"batch 1 ratio to {best} per round: median {statistics.median(per):.2f}, range "
               f"{per[0]:.2f}-{per[-1]:.2f} ({sum(v <= 0.8 for v in per)} of {args.rounds} "
               f"rounds <= 0.8)")
