@@ -123,13 +123,37 @@ def test_trace_shows_every_thread_working(threads) -> None:
     model = _model(0.35, 96)
     x = _x(1, 96)
     engine = native.NativeEngine(model, threads=threads)
-    times, logits = engine.trace(x)
+    times, rows, logits = engine.trace(x)
     assert np.array_equal(logits, engine(x))  # the traced forward is a real one
     blocks = len(native._spec(model)[0])
     assert times.shape == (threads, blocks + 1, 2) and (times >= 0).all()
+    # the threads computed every row-slice once between them, as one thread does alone
+    single = native.NativeEngine(model, threads=1).trace(x)[1]
+    assert rows.shape == (threads, blocks) and single[0, 0] > 0
+    assert np.array_equal(rows.sum(axis=0), single[0])
     assert (times[:, :, 0].sum(axis=1) > 0).all()  # each of the threads did work
     if threads == 1:
         assert not times[:, :, 1].any()  # no barrier to wait at
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_a_slow_thread_gives_its_rows_away_and_the_logits_stay_the_same(threads) -> None:
+    """Pairs of threads claim a block's rows as they go (Share in _plans.h): the last
+    thread, held back before every block as a slower core would be, computes fewer rows
+    than its partner, and since a row's slices are summed in the same order whoever
+    computes them, the logits are bit-identical to an unhindered run's."""
+    model = _model(0.5, 128)
+    x = _x(1, 128)
+    engine = native.NativeEngine(model, threads=threads)
+    _, even, expected = engine.trace(x)
+    _, skewed, logits = engine.trace(x, handicap_us=3000)
+    assert np.array_equal(logits, expected)
+    assert np.array_equal(engine(x), expected)
+    assert skewed[-1].sum() < skewed[-2].sum()  # the slow thread left rows to its partner
+    assert skewed[-1].sum() < even[-1].sum()
+    # every row-slice is computed once, by one thread of the pair or the other
+    assert np.array_equal(skewed.sum(axis=0), even.sum(axis=0))
+    assert np.array_equal(_check(model, x, threads=threads), expected)  # and they are right
 
 
 def _blockwise_without_input(config: ModelConfig, resolution: int) -> int:

@@ -207,14 +207,21 @@ class NativeEngine:
         ends = self._engine.run(np.ascontiguousarray(x), out, True)
         return [b - a for a, b in zip([0.0, *ends[:-1]], ends)]
 
-    def trace(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def trace(self, x: np.ndarray, handicap_us: int = 0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each thread's time goes in one forward of one image: an array (threads,
         blocks + 1, 2) of seconds of work and of waiting at the barrier after each fused
-        block and after the head + classifier (bench/native_trace.py), and the logits."""
+        block and after the head + classifier (bench/native_trace.py); an int array (threads,
+        blocks) of the row-slices (one output row's share of one channel slice of the
+        expansion) each thread computed in each row-split block (0 in the blocks whose
+        threads split channels); and the logits. `handicap_us`: the last thread
+        busy-waits that long before each block, as if its core were slower, to see the
+        threads rebalance the rows they share."""
         self(x)  # checks the input, plans the shape, allocates
         out = np.empty((1, self.num_classes), np.float32)
-        rows = self._engine.run(np.ascontiguousarray(x), out, 2)
-        return np.asarray(rows, np.float64).reshape(len(rows), -1, 2), out
+        per_thread = self._engine.run(np.ascontiguousarray(x), out, 2, int(handicap_us))
+        tr = np.asarray(per_thread, np.float64).reshape(len(per_thread), -1, 3)
+        return tr[..., :2], tr[:, :-1, 2].astype(np.int64), out
 
     def __call__(self, x: Any) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 (N, 3, H, W) batch."""

@@ -70,7 +70,7 @@ namespace {
 struct Kernels {
   const char* name;
   int vw;
-  void (*block)(const BlockPlan&, const float*, float*, int, int, float*);
+  int (*block)(const BlockPlan&, const float*, float*, int, int, float*, Share*, bool);
   void (*head)(const HeadPlan&, const float*, int, int, float*, float*, const float*);
   void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
   void (*reduce)(float*, long, long, int, int, long);
@@ -242,7 +242,20 @@ struct Engine {
   std::vector<Buf>* lanes_b;
   std::vector<Buf>* scratch;  // per thread: ring + depthwise row, or the head's rows
   std::atomic<bool>* busy;
+  Share* shares;  // [layer][pair of threads]: run_image's claims
+  int pairs;
+  std::vector<std::atomic<int>>* done;  // two layers' rows (Share::done), alternating
+  int done_rows;
 };
+
+// The shares of block j made ready for a split image: nothing claimed, no row summed. Its
+// rows' `done` counters alternate between two arrays by block, so block j's can be reset
+// while the threads still work on block j - 1.
+void reset_shares(Engine* e, size_t j) {
+  std::atomic<int>* done = e->done->data() + (j % 2) * e->done_rows;
+  for (int s = 0; s < e->pairs; ++s)
+    share_reset(e->shares[j * e->pairs + s], done, (*e->plans)[j].hout);
+}
 
 void plan_shape(Engine* e, int H, int W) {
   if (e->cur_h == H && e->cur_w == W) return;
@@ -343,6 +356,10 @@ void plan_shape(Engine* e, int H, int W) {
   e->act_a = a;
   e->act_b = b;
   e->scratch_floats = std::max(scr, e->tmp_floats);
+  e->done_rows = 0;
+  for (const BlockPlan& p : plans) e->done_rows = std::max(e->done_rows, p.hout);
+  delete e->done;
+  e->done = new std::vector<std::atomic<int>>(2 * (size_t)e->done_rows);
   e->cur_h = H;
   e->cur_w = W;
 }
@@ -353,16 +370,20 @@ void plan_shape(Engine* e, int H, int W) {
 // seconds since the start at the end of each layer.
 
 // `trace` (every thread, profile mode 2): per layer this thread's seconds of work and of
-// waiting at barriers, to see where the threads' time goes (load imbalance vs kernels).
+// waiting at barriers, and the row-slices it computed (row mode: an output row's share of
+// one channel slice), to see where the threads' time goes (load imbalance vs kernels). `handicap_us` (trace only): the last thread spins
+// that long before each layer, as if its core were slower (bench/native_trace.py, tests).
+constexpr int TRACE_FIELDS = 3;  // per layer: work, wait, row-slices
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
-               bool more, double* times = nullptr, double* trace = nullptr) {
+               bool more, double* times = nullptr, double* trace = nullptr,
+               int handicap_us = 0) {
   const double t0 = times ? now_s() : 0.0;
   double tl = trace ? now_s() : 0.0;
   // mark(slot): add the seconds since the last mark to this layer's work (0) or wait (1)
   auto mark = [&](size_t layer, int slot) {
     if (!trace) return;
     const double t = now_s();
-    trace[2 * layer + slot] += t - tl;
+    trace[TRACE_FIELDS * layer + slot] += t - tl;
     tl = t;
   };
   const int T = solo ? 1 : e->threads;
@@ -371,11 +392,25 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   float* bufs[2] = {(*e->lanes_a)[lane].p, (*e->lanes_b)[lane].p};
   float* scr = (*e->scratch)[tid].p;
   const float* in = img;
-  for (size_t i = 0; i < plans.size(); ++i) {
+  // Split images: in the row-split blocks pairs of threads claim rows as they go (Share; an
+  // odd thread out keeps its fixed share), and thread 0 makes the next block's shares ready
+  // before it meets the others at this block's barrier (no thread touches them before that
+  // barrier; the head readies block 0's for the next image).
+  const size_t L = plans.size();
+  Share* sh = solo ? nullptr : e->shares;
+  auto ready_next = [&](size_t layer) {  // layer L: the head, which readies block 0
+    if (sh && me == 0 && layer + 1 != L) reset_shares(e, layer == L ? 0 : layer + 1);
+  };
+  for (size_t i = 0; i < L; ++i) {
     const BlockPlan& p = plans[i];
     float* out = bufs[i % 2];
+    if (handicap_us > 0 && tid == e->threads - 1)
+      for (const double t = now_s(); now_s() - t < handicap_us * 1e-6;) cpu_relax();
+    int rows = 0;  // row-slices this thread computed (trace)
     if (p.map) {
       // hidden channels split in whole vector blocks, then the partial sums reduced by pixels
+      // (a fixed split: the sums' order, and so the logits, must not depend on the threads'
+      // speeds)
       const int nb = p.hid_p / e->k->vw;
       const int h0 = (int)((long)nb * me / T) * e->k->vw;
       const int h1 = (int)((long)nb * (me + 1) / T) * e->k->vw;
@@ -383,16 +418,25 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
       e->k->block_map(p, in, out + (long)me * opix * p.cout_p, me == 0, h0, h1, scr);
       if (T > 1) {
         mark(i, 0);
+        ready_next(i);
         e->pool->barrier();
         mark(i, 1);
         e->k->reduce(out, opix * me / T, opix * (me + 1) / T, p.cout_p, T, opix * p.cout_p);
       }
+    } else if (sh && !(T % 2 == 1 && me == T - 1)) {
+      // this thread and its partner share their two fixed shares of the rows
+      const int pr = me / 2;
+      const int r0 = (int)((long)p.hout * 2 * pr / T);
+      const int r1 = (int)((long)p.hout * std::min(2 * pr + 2, T) / T);
+      rows = e->k->block(p, in, out, r0, r1, scr, &sh[i * e->pairs + pr], me % 2 == 1);
     } else {
       const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
-      e->k->block(p, in, out, r0, r1, scr);
+      rows = e->k->block(p, in, out, r0, r1, scr, nullptr, false);
     }
+    if (trace) trace[TRACE_FIELDS * i + 2] += rows;
     mark(i, 0);
     if (!solo) {
+      if (!p.map || T == 1) ready_next(i);
       e->pool->barrier();
       mark(i, 1);
     }
@@ -400,7 +444,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     in = out;
   }
   const HeadPlan& hp = e->head;
-  // head channels split in whole vector blocks; each thread's classifier partial (over the
+  // head channels split in whole vector blocks (fixed, as map mode's); each thread's classifier partial (over the
   // channels it pooled) follows run_head's rows in its scratch. Thread 0's starts from the
   // bias and, after the one barrier, it adds the others'. A last barrier only when another
   // image follows in this job (its first block reuses the scratch holding the partials);
@@ -410,9 +454,9 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   const long part_at = HEAD_ROWS_VECTORS * vw;
   float* part = scr + part_at;
   e->k->head(hp, in, c0, c1, scr, part, me == 0 ? hp.bf : nullptr);
-  const size_t L = plans.size();
   mark(L, 0);
   if (!solo) {
+    ready_next(L);
     e->pool->barrier();
     mark(L, 1);
   }
@@ -472,6 +516,8 @@ void engine_dealloc(Engine* e) {
   delete e->lanes_b;
   delete e->scratch;
   delete e->busy;
+  delete[] e->shares;
+  delete e->done;
   Py_TYPE(e)->tp_free(reinterpret_cast<PyObject*>(e));
 }
 
@@ -522,6 +568,9 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   e->lanes_b = new std::vector<Buf>(threads);
   e->scratch = new std::vector<Buf>(threads);
   e->busy = new std::atomic<bool>(false);
+  e->pairs = (threads + 1) / 2;
+  e->shares = new Share[PyTuple_GET_SIZE(blocks) * e->pairs];
+  e->done = nullptr;
   e->pool = nullptr;
   e->cur_h = e->cur_w = -1;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(blocks); ++i) {
@@ -623,13 +672,15 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   return 0;
 }
 
-// run(x [N][3][H][W] float32, out [N][classes] float32, profile=0): with `profile` 1
-// (batch 1), the seconds from the start to the end of each block and of head + classifier;
-// with 2, per thread a flat list of [work, barrier wait] seconds per layer (bench/native_trace.py).
+// run(x [N][3][H][W] float32, out [N][classes] float32, profile=0, handicap_us=0): with
+// `profile` 1 (batch 1), the seconds from the start to the end of each block and of head +
+// classifier; with 2, per thread a flat list of [work seconds, barrier wait seconds,
+// row-slices computed] per layer (bench/native_trace.py), the last thread handicapped by `handicap_us`
+// per layer (run_image).
 PyObject* engine_run(Engine* e, PyObject* args) {
   PyObject *xo, *oo;
-  int profile = 0;
-  if (!PyArg_ParseTuple(args, "OO|i", &xo, &oo, &profile)) return nullptr;
+  int profile = 0, handicap_us = 0;
+  if (!PyArg_ParseTuple(args, "OO|ii", &xo, &oo, &profile, &handicap_us)) return nullptr;
   View x, o;
   if (!x.get(xo, false, "the input") || !o.get(oo, true, "the output")) return nullptr;
   if (x.b.ndim != 4 || x.b.shape[1] != 3)
@@ -647,12 +698,14 @@ PyObject* engine_run(Engine* e, PyObject* args) {
   }
   std::vector<double> times(e->blocks->size() + 1, 0.0);
   double* tp = profile ? times.data() : nullptr;
-  const size_t tstride = 2 * times.size();
+  const size_t tstride = TRACE_FIELDS * times.size();
+  if (profile != 2) handicap_us = 0;
   std::vector<double> trace(profile == 2 ? tstride * e->threads : 0, 0.0);
   Py_BEGIN_ALLOW_THREADS;
   if (e->pool && e->pool->fork_gen != g_fork_generation.load()) e->pool = nullptr;  // forked
   if (!e->pool) e->pool = new Pool(e->threads);
   plan_shape(e, H, W);
+  reset_shares(e, 0);  // the first split image's first layer (run_image readies the rest)
   const int T = e->threads;
   const int solo_imgs = T > 1 ? N / T * T : N;  // one image per thread
   const int lanes = T > 1 && N >= T ? T : 1;
@@ -683,14 +736,14 @@ PyObject* engine_run(Engine* e, PyObject* args) {
       for (int i = (N >= T ? solo_imgs : 0); i < N; ++i)
         run_image(e, img + i * img_floats, logits + (long)i * e->classes, tid, false, 0,
                   i + 1 < N, tid == 0 ? tp : nullptr,
-                  trace.empty() ? nullptr : trace.data() + tid * tstride);
+                  trace.empty() ? nullptr : trace.data() + tid * tstride, handicap_us);
     });
   }
   Py_END_ALLOW_THREADS;
   e->busy->store(false);
   if (oom) return PyErr_NoMemory();
   if (!profile) Py_RETURN_NONE;
-  if (profile == 2) {  // per thread: [work, wait] seconds per layer, flat
+  if (profile == 2) {  // per thread: [work, wait, row-slices] per layer, flat
     PyObject* out = PyList_New(e->threads);
     for (int t = 0; t < e->threads; ++t) {
       PyObject* row = PyList_New((Py_ssize_t)tstride);

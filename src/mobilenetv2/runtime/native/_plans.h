@@ -2,6 +2,10 @@
 // harness bench/native_kernels.cpp, so both compile the kernels against one definition.
 #pragma once
 
+#include <stdint.h>
+
+#include <atomic>
+
 namespace {
 
 constexpr int KIND_STEM = 0, KIND_EXPAND = 1, KIND_DIRECT = 2;
@@ -31,5 +35,60 @@ struct HeadPlan {
   const float *wh, *bh, *wf, *bf;
   int h, w;
 };
+
+// Work shared by the threads that split one image (batch 1), claimed as they go instead of
+// fixed in advance: on a shared machine one core is often slower than the other for
+// minutes (bench/native_trace.py measured one thread's work at 1.39x the other's on every
+// layer), and a fixed split makes the fast thread wait at each layer's barrier. One per
+// layer and pair of threads, on its own cache line. In each channel slice of a row-split
+// block the pair's first thread claims rows from the top of the pair's segment and the
+// second from the bottom until they meet, so the split follows the threads' speeds slice
+// by slice; a row's slices are summed in slice order whoever computes them (`done`), so
+// the result does not depend on the split.
+struct alignas(64) Share {
+  // (slice + 1) << 48 | lo << 24 | hi: the rows [lo, hi) of that slice not yet claimed
+  std::atomic<uint64_t> rows{0};
+  std::atomic<int>* done = nullptr;  // per output row of the layer: slices added to it
+};
+
+inline void share_reset(Share& s, std::atomic<int>* done, int rows) {
+  s.rows.store(0, std::memory_order_relaxed);
+  s.done = done;
+  for (int r = 0; r < rows; ++r) done[r].store(0, std::memory_order_relaxed);
+}
+
+// The next row of slice `slice` in the pair's segment [lo, hi), from the top or (down) from
+// the bottom; false when the two threads have met. The first of the pair to ask for a slice
+// opens it (the previous one is then all claimed: a thread asks for the next slice only
+// after its claim in this one failed). Relaxed: the rows' data is ordered by `done` and the
+// layers' barriers.
+inline bool claim_row(Share* s, int slice, int lo, int hi, bool down, int* row) {
+  const uint64_t gen = (uint64_t)(slice + 1) << 48, mask = (1u << 24) - 1;
+  uint64_t v = s->rows.load(std::memory_order_relaxed);
+  for (;;) {
+    const uint64_t g = v & ~((1ull << 48) - 1);
+    if (g > gen) return false;
+    int a = lo, b = hi;
+    if (g == gen) {
+      a = (int)((v >> 24) & mask);
+      b = (int)(v & mask);
+    }
+    if (a >= b) return false;
+    const uint64_t nv = gen | (uint64_t)(down ? a : a + 1) << 24 | (uint64_t)(down ? b - 1 : b);
+    if (s->rows.compare_exchange_weak(v, nv, std::memory_order_relaxed)) {
+      *row = down ? b - 1 : a;
+      return true;
+    }
+  }
+}
+
+// Until `slices` slices of row `row` are summed (release/acquire: their sums are then visible).
+inline void wait_done(const Share* s, int row, int slices) {
+  while (s->done[row].load(std::memory_order_acquire) < slices) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
 
 }  // namespace
