@@ -8,8 +8,10 @@ suffix `,VAR:value` sets an environment variable before that engine's first run 
 read when its pool or plan is made). The builds run the same random-weight width-1.0 224x224
 model on the same image, in interleaved rounds (each round: one untimed call, then `runs`
 timed batch-1 calls per build), so outside load hits every build alike; on a shared machine
-compare p10/min and, with `--profile`, the per-block best times. Their logits are checked
-against the first build's first.
+compare p10/min and, with `--profile`, the per-block best times (thread 0's clock: since the
+threads claim rows and channels as they go, a block can look short in a run where thread 0
+came to it late and the other thread had done most of it, so read the sum with care). Their
+logits are checked against the first build's first.
 """
 
 from __future__ import annotations

@@ -71,20 +71,22 @@ struct Kernels {
   const char* name;
   int vw;
   int (*block)(const BlockPlan&, const float*, float*, int, int, float*, Share*, bool);
-  void (*head)(const HeadPlan&, const float*, int, int, float*, float*, const float*);
-  void (*block_map)(const BlockPlan&, const float*, float*, bool, int, int, float*);
-  void (*reduce)(float*, long, long, int, int, long);
+  void (*head)(const HeadPlan&, const float*, int, int, float*, float*, const float*, int);
+  void (*block_map)(const BlockPlan&, const float*, float*, float*);
+  void (*map_dw)(const BlockPlan&, const float*, float*, float*, std::atomic<int>*);
+  void (*map_project)(const BlockPlan&, const float*, const float*, float*, std::atomic<int>*);
+  int head_step;  // run_head's channel block (NR vectors)
 };
 
 const Kernels KERNELS[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head,
-     isa_avx512::run_block_map, isa_avx512::reduce_partials},
-    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head,
-     isa_avx2::run_block_map, isa_avx2::reduce_partials},
+    {"avx512", 16, isa_avx512::run_block, isa_avx512::run_head, isa_avx512::run_block_map,
+     isa_avx512::run_map_dw, isa_avx512::run_map_project, isa_avx512::NR * 16},
+    {"avx2", 8, isa_avx2::run_block, isa_avx2::run_head, isa_avx2::run_block_map,
+     isa_avx2::run_map_dw, isa_avx2::run_map_project, isa_avx2::NR * 8},
 #endif
-    {"generic", 4, isa_generic::run_block, isa_generic::run_head,
-     isa_generic::run_block_map, isa_generic::reduce_partials},
+    {"generic", 4, isa_generic::run_block, isa_generic::run_head, isa_generic::run_block_map,
+     isa_generic::run_map_dw, isa_generic::run_map_project, isa_generic::NR * 4},
 };
 
 bool isa_supported(const std::string& name) {
@@ -246,16 +248,22 @@ struct Engine {
   int pairs;
   std::vector<std::atomic<int>>* done;  // two layers' rows (Share::done), alternating
   int done_rows;
+  int head_unit;  // channels a thread claims at a time in a split image's head
 };
 
-// The shares of block j made ready for a split image: nothing claimed, no row summed. Its
-// rows' `done` counters alternate between two arrays by block, so block j's can be reset
-// while the threads still work on block j - 1.
+// The shares of block j (the head when j == blocks) made ready for a split image: nothing
+// claimed, no row summed. The rows' `done` counters alternate between two arrays by block,
+// so block j's can be reset while the threads still work on block j - 1.
 void reset_shares(Engine* e, size_t j) {
+  const bool head = j == e->plans->size();
   std::atomic<int>* done = e->done->data() + (j % 2) * e->done_rows;
   for (int s = 0; s < e->pairs; ++s)
-    share_reset(e->shares[j * e->pairs + s], done, (*e->plans)[j].hout);
+    share_reset(e->shares[j * e->pairs + s], done, head ? 0 : (*e->plans)[j].hout);
 }
+
+// The head's channels are claimed this many at a time, each block's partial logits kept
+// apart (head_parts) and summed in block order, so the logits do not depend on the split.
+constexpr int HEAD_UNIT_STEPS = 4;
 
 void plan_shape(Engine* e, int H, int W) {
   if (e->cur_h == H && e->cur_w == W) return;
@@ -305,9 +313,9 @@ void plan_shape(Engine* e, int H, int W) {
     // The ring holds the 2 * dil + 1 consecutive input rows one output row's taps span: the
     // next output row's new rows replace only rows no longer needed.
     p.ring = 2 * B.dil + 1;
-    // Small maps (7x7 at 224) run in map mode: every pixel per channel slice, the hidden
-    // channels split over the threads (run_block_map says why). Not the stem block: its map
-    // is the largest.
+    // Small maps (7x7 at 224) run in map mode: every pixel per channel slice (run_block_map
+    // says why), the threads of a split image claiming channels instead of rows. Not the
+    // stem block: its map is the largest.
     const long ipix = (long)h * w, opix = (long)p.hout * p.wout;
     p.map = p.kind != KIND_STEM && opix <= 64 && ipix <= 64;
     long s;
@@ -331,9 +339,9 @@ void plan_shape(Engine* e, int H, int W) {
       s = (p.kind == KIND_DIRECT ? 0L : (long)p.ring * p.win * p.cs) + (long)p.wout * p.cs;
     }
     scr = std::max(scr, s);
-    // map mode with several threads: the other threads' partial projections follow the
-    // output in its buffer
-    const long out_floats = opix * p.cout_p * (p.map ? e->threads : 1);
+    // map mode with several threads: the depthwise output of every channel (run_map_dw's D)
+    // follows the output in its buffer
+    const long out_floats = opix * (p.cout_p + (p.map && e->threads > 1 ? p.hid_p : 0));
     if (i % 2 == 0) a = std::max(a, out_floats);
     else b = std::max(b, out_floats);
     h = p.hout;
@@ -351,6 +359,14 @@ void plan_shape(Engine* e, int H, int W) {
   hp.bf = e->bf->p;
   hp.h = h;
   hp.w = w;
+  // a split image's head: each unit's partial logits in the lane the head does not read
+  const int unit = HEAD_UNIT_STEPS * e->k->head_step;
+  e->head_unit = unit;
+  if (e->threads > 1) {
+    const long parts = (long)(hp.cout_p + unit - 1) / unit * hp.classes_p;
+    if (bw.size() % 2 == 0) a = std::max(a, parts);
+    else b = std::max(b, parts);
+  }
   // run_head's HEAD_PIX x NR*VW, then this thread's partial logits
   e->tmp_floats = HEAD_ROWS_VECTORS * vw + hp.classes_p;
   e->act_a = a;
@@ -399,7 +415,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
   const size_t L = plans.size();
   Share* sh = solo ? nullptr : e->shares;
   auto ready_next = [&](size_t layer) {  // layer L: the head, which readies block 0
-    if (sh && me == 0 && layer + 1 != L) reset_shares(e, layer == L ? 0 : layer + 1);
+    if (sh && me == 0) reset_shares(e, layer == L ? 0 : layer + 1);
   };
   for (size_t i = 0; i < L; ++i) {
     const BlockPlan& p = plans[i];
@@ -407,22 +423,17 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     if (handicap_us > 0 && tid == e->threads - 1)
       for (const double t = now_s(); now_s() - t < handicap_us * 1e-6;) cpu_relax();
     int rows = 0;  // row-slices this thread computed (trace)
-    if (p.map) {
-      // hidden channels split in whole vector blocks, then the partial sums reduced by pixels
-      // (a fixed split: the sums' order, and so the logits, must not depend on the threads'
-      // speeds)
-      const int nb = p.hid_p / e->k->vw;
-      const int h0 = (int)((long)nb * me / T) * e->k->vw;
-      const int h1 = (int)((long)nb * (me + 1) / T) * e->k->vw;
-      const long opix = (long)p.hout * p.wout;
-      e->k->block_map(p, in, out + (long)me * opix * p.cout_p, me == 0, h0, h1, scr);
-      if (T > 1) {
-        mark(i, 0);
-        ready_next(i);
-        e->pool->barrier();
-        mark(i, 1);
-        e->k->reduce(out, opix * me / T, opix * (me + 1) / T, p.cout_p, T, opix * p.cout_p);
-      }
+    if (p.map && !sh) {
+      e->k->block_map(p, in, out, scr);
+    } else if (p.map) {
+      // two steps with a barrier between, each claimed as the threads go (run_map_dw); the
+      // depthwise output of every channel follows the output in its buffer
+      float* D = out + (long)p.hout * p.wout * p.cout_p;
+      e->k->map_dw(p, in, D, scr, &sh[i * e->pairs].next[0]);
+      mark(i, 0);
+      e->pool->barrier();
+      mark(i, 1);
+      e->k->map_project(p, in, D, out, &sh[i * e->pairs].next[1]);
     } else if (sh && !(T % 2 == 1 && me == T - 1)) {
       // this thread and its partner share their two fixed shares of the rows
       const int pr = me / 2;
@@ -436,7 +447,7 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     if (trace) trace[TRACE_FIELDS * i + 2] += rows;
     mark(i, 0);
     if (!solo) {
-      if (!p.map || T == 1) ready_next(i);
+      ready_next(i);
       e->pool->barrier();
       mark(i, 1);
     }
@@ -444,30 +455,35 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     in = out;
   }
   const HeadPlan& hp = e->head;
-  // head channels split in whole vector blocks (fixed, as map mode's); each thread's classifier partial (over the
-  // channels it pooled) follows run_head's rows in its scratch. Thread 0's starts from the
-  // bias and, after the one barrier, it adds the others'. A last barrier only when another
-  // image follows in this job (its first block reuses the scratch holding the partials);
-  // after the job's last image the pool's end of job is that wait.
-  const int vw = e->k->vw, blocks = hp.cout_p / vw;
-  const int c0 = (int)((long)blocks * me / T) * vw, c1 = (int)((long)blocks * (me + 1) / T) * vw;
-  const long part_at = HEAD_ROWS_VECTORS * vw;
-  float* part = scr + part_at;
-  e->k->head(hp, in, c0, c1, scr, part, me == 0 ? hp.bf : nullptr);
-  mark(L, 0);
-  if (!solo) {
+  if (!sh) {  // one thread: every channel, the logits from the bias (after run_head's rows)
+    float* part = scr + HEAD_ROWS_VECTORS * e->k->vw;
+    e->k->head(hp, in, 0, hp.cout_p, scr, part, hp.bf, -1);
+    for (int j = 0; j < hp.classes; ++j) logits[j] = part[j];
+    mark(L, 0);
+  } else {
+    // The threads claim head_unit channels at a time, one ahead (run_head prefetches its
+    // classifier columns), each unit's partial logits in the lane the head does not read;
+    // after the barrier each thread sums a share of the classes over the units in unit
+    // order. A last barrier only when another image follows in this job (its block 1
+    // overwrites the partials); after the job's last image the pool's end of job is that
+    // wait.
+    const int unit = e->head_unit, units = (hp.cout_p + unit - 1) / unit;
+    float* parts = bufs[L % 2];
+    std::atomic<int>* next = &sh[L * e->pairs].next[0];
+    for (int c = next->fetch_add(unit, std::memory_order_relaxed); c < hp.cout_p;) {
+      const int nc = next->fetch_add(unit, std::memory_order_relaxed);
+      e->k->head(hp, in, c, std::min(c + unit, hp.cout_p), scr,
+                 parts + (long)(c / unit) * hp.classes_p, nullptr, nc < hp.cout_p ? nc : -1);
+      c = nc;
+    }
+    mark(L, 0);
     ready_next(L);
     e->pool->barrier();
     mark(L, 1);
-  }
-  if (me == 0) {
-    for (int j = 0; j < hp.classes; ++j) logits[j] = part[j];
-    for (int t = 1; t < T; ++t) {
-      const float* other = (*e->scratch)[t].p + part_at;
-      for (int j = 0; j < hp.classes; ++j) logits[j] += other[j];
-    }
-  }
-  if (!solo) {
+    const int j0 = (int)((long)hp.classes * me / T), j1 = (int)((long)hp.classes * (me + 1) / T);
+    for (int j = j0; j < j1; ++j) logits[j] = hp.bf[j];
+    for (int u = 0; u < units; ++u)
+      for (int j = j0; j < j1; ++j) logits[j] += parts[(long)u * hp.classes_p + j];
     mark(L, 0);
     if (more) e->pool->barrier();
   }
@@ -569,7 +585,7 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   e->scratch = new std::vector<Buf>(threads);
   e->busy = new std::atomic<bool>(false);
   e->pairs = (threads + 1) / 2;
-  e->shares = new Share[PyTuple_GET_SIZE(blocks) * e->pairs];
+  e->shares = new Share[(PyTuple_GET_SIZE(blocks) + 1) * e->pairs];
   e->done = nullptr;
   e->pool = nullptr;
   e->cur_h = e->cur_w = -1;

@@ -37,7 +37,7 @@ struct HeadPlan {
 };
 
 // Work shared by the threads that split one image (batch 1), claimed as they go instead of
-// fixed in advance: on a shared machine one core is often slower than the other for
+// fixed in advance (rows here; map mode's channels and the head's in _kernels.inc): on a shared machine one core is often slower than the other for
 // minutes (bench/native_trace.py measured one thread's work at 1.39x the other's on every
 // layer), and a fixed split makes the fast thread wait at each layer's barrier. One per
 // layer and pair of threads, on its own cache line. In each channel slice of a row-split
@@ -49,10 +49,14 @@ struct alignas(64) Share {
   // (slice + 1) << 48 | lo << 24 | hi: the rows [lo, hi) of that slice not yet claimed
   std::atomic<uint64_t> rows{0};
   std::atomic<int>* done = nullptr;  // per output row of the layer: slices added to it
+  // map mode's two steps and the head: the first channel not yet claimed (pair 0's only)
+  std::atomic<int> next[2];
 };
 
 inline void share_reset(Share& s, std::atomic<int>* done, int rows) {
   s.rows.store(0, std::memory_order_relaxed);
+  s.next[0].store(0, std::memory_order_relaxed);
+  s.next[1].store(0, std::memory_order_relaxed);
   s.done = done;
   for (int r = 0; r < rows; ++r) done[r].store(0, std::memory_order_relaxed);
 }
