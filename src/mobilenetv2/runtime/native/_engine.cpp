@@ -387,8 +387,9 @@ void plan_shape(Engine* e, int H, int W) {
 
 // `trace` (every thread, profile mode 2): per layer this thread's seconds of work and of
 // waiting at barriers, and the row-slices it computed (row mode: an output row's share of
-// one channel slice), to see where the threads' time goes (load imbalance vs kernels). `handicap_us` (trace only): the last thread spins
-// that long before each layer, as if its core were slower (bench/native_trace.py, tests).
+// one channel slice), to see where the threads' time goes (load imbalance vs kernels).
+// `handicap_us` (trace only): the last thread spins that long before each layer, as if its
+// core were slower (bench/native_trace.py, tests).
 constexpr int TRACE_FIELDS = 3;  // per layer: work, wait, row-slices
 void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, int lane,
                bool more, double* times = nullptr, double* trace = nullptr,
@@ -691,8 +692,8 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
 // run(x [N][3][H][W] float32, out [N][classes] float32, profile=0, handicap_us=0): with
 // `profile` 1 (batch 1), the seconds from the start to the end of each block and of head +
 // classifier; with 2, per thread a flat list of [work seconds, barrier wait seconds,
-// row-slices computed] per layer (bench/native_trace.py), the last thread handicapped by `handicap_us`
-// per layer (run_image).
+// row-slices computed] per layer (bench/native_trace.py), the last thread handicapped by
+// `handicap_us` per layer (run_image).
 PyObject* engine_run(Engine* e, PyObject* args) {
   PyObject *xo, *oo;
   int profile = 0, handicap_us = 0;

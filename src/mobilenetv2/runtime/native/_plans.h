@@ -37,9 +37,10 @@ struct HeadPlan {
 };
 
 // Work shared by the threads that split one image (batch 1), claimed as they go instead of
-// fixed in advance (rows here; map mode's channels and the head's in _kernels.inc): on a shared machine one core is often slower than the other for
-// minutes (bench/native_trace.py measured one thread's work at 1.39x the other's on every
-// layer), and a fixed split makes the fast thread wait at each layer's barrier. One per
+// fixed in advance (rows here; map mode's channels and the head's in _kernels.inc): on a
+// shared machine one core is often slower than the other for minutes (bench/native_trace.py
+// measured one thread's work at 1.39x the other's on every layer), and a fixed split makes
+// the fast thread wait at each layer's barrier. One per
 // layer and pair of threads, on its own cache line. In each channel slice of a row-split
 // block the pair's first thread claims rows from the top of the pair's segment and the
 // second from the bottom until they meet, so the split follows the threads' speeds slice
