@@ -4,8 +4,9 @@
         [--padding symmetric|tf_same] [--weights SPEC] [--precision fp32|int8]
 
 Same weights in every runtime (our ONNX export of the model), batch 1 latency and batch 32
-throughput, interleaved rounds (each round runs every runtime in turn, one untimed call
-before its timed ones so the previous runtime's spinning threads do not count against it);
+throughput, interleaved rounds (each round runs every runtime in turn; before each one's
+turn the script waits until the previous runtime's threads have stopped spinning, ~70 ms
+after ONNX Runtime, `runtime.race.wait_for_idle_threads`, then makes one untimed call);
 the figure is the median over rounds. Peers' settings, stated:
 - ONNX Runtime: ORT_ENABLE_ALL graph optimizations, `threads` intra-op threads, 1 inter-op;
 - OpenVINO: static input shape per batch size, INFERENCE_PRECISION_HINT=f32, PERFORMANCE_HINT
@@ -45,6 +46,7 @@ from mobilenetv2.runtime.backends import backend_installed, onnxruntime_session,
 from mobilenetv2.runtime.cpu import cpu_info
 from mobilenetv2.runtime.native import NativeEngine, cpu_isas
 from mobilenetv2.runtime.native.int8 import int8_isas
+from mobilenetv2.runtime.race import wait_for_idle_threads
 
 
 def _first_output(request):
@@ -121,6 +123,7 @@ def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, li
         for peer in names[r % len(names):] + names[:r % len(names)]:
             for batch, x, n in ((1, x1, args.runs), (args.batch, xb, 1)):
                 run = runners[peer][batch]
+                wait_for_idle_threads()  # the previous runtime's threads stop spinning
                 run(x)  # untimed
                 t0 = time.perf_counter()
                 for _ in range(n):

@@ -15,6 +15,8 @@ from mobilenetv2.benchmark.timing import UNTIMED_RUNS, WARMUP_RUNS, Timings, tim
 from mobilenetv2.benchmark.variants import Variant
 from mobilenetv2.cli import main
 from mobilenetv2.runtime.cpu import CpuPeak
+from mobilenetv2.runtime.race import wait_for_idle_threads
+from spin_fakes import spinning_runners
 
 
 class FakeClock:
@@ -45,6 +47,24 @@ def test_every_variant_is_timed_in_every_round_on_its_own_clock() -> None:
         assert t.images_per_s == pytest.approx([1 / cost[name]] * 3)
         ones, batches = calls[name].count(1), calls[name].count(8)
         assert ones == WARMUP_RUNS + 3 * (UNTIMED_RUNS + 4) and batches == 1 + 3 * 2
+
+
+def test_no_variant_is_timed_while_the_previous_ones_threads_spin() -> None:
+    # "a" leaves threads spinning for 60 ms (ONNX Runtime's ~70 ms); "b" is 2 ms a run alone
+    # and 5 ms beside them. The timer waits for idle threads before each turn, so b's
+    # batch-1 and batch figures are its own in every round, whichever order a round takes.
+    clock = FakeClock()
+    runners, cpu, sleep = spinning_runners(clock, 0.060)
+    settle = lambda: wait_for_idle_threads(cpu_seconds=cpu, sleep=sleep)  # noqa: E731
+    x1, xb = np.zeros((1, 3, 4, 4), np.float32), np.zeros((8, 3, 4, 4), np.float32)
+    out = time_interleaved(runners, x1, xb, rounds=4, runs=3, clock=clock, settle=settle)
+    assert np.allclose(out["b"].batch1, 0.002) and np.allclose(out["a"].batch1, 0.003)
+    assert out["b"].images_per_s == pytest.approx([500.0] * 4)
+    # without the wait, b is timed beside a's threads in the rounds where a ran just before
+    clock = FakeClock()
+    runners, _, _ = spinning_runners(clock, 0.060)
+    out = time_interleaved(runners, x1, xb, rounds=4, runs=3, clock=clock, settle=lambda: None)
+    assert np.max(out["b"].batch1) == pytest.approx(0.005)
 
 
 def _timings(b1_ms: list[float], ips: list[float]) -> Timings:

@@ -18,8 +18,10 @@ from mobilenetv2.export import export_onnx
 from mobilenetv2.runtime import backends
 from mobilenetv2.runtime.backends import AUTO_ORDER, BACKENDS, PRECISIONS, backend_installed
 from mobilenetv2.runtime.cpu import CpuInfo, cpu_has_bf16, cpu_peak
+from mobilenetv2.runtime.race import wait_for_idle_threads
 from mobilenetv2.runtime.race_cache import RaceCache
 from mobilenetv2.runtime.session import InferenceSession, race
+from spin_fakes import spinning_runners
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
@@ -200,6 +202,29 @@ def test_race_is_not_fooled_by_the_previous_runtimes_threads() -> None:
     runners = {"a": runner("a", 0.003, 0.003), "b": runner("b", 0.002, 0.010)}
     winner, typical = race(runners, np.zeros((1, 3, 8, 8), np.float32), clock=clock)
     assert winner == "b" and typical == pytest.approx({"a": 0.003, "b": 0.002})
+
+
+def test_race_waits_for_the_previous_runtimes_threads_to_stop_spinning() -> None:
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    clock = FakeClock()
+    runners, cpu, sleep = spinning_runners(clock, 0.060)
+    settle = lambda: wait_for_idle_threads(cpu_seconds=cpu, sleep=sleep)  # noqa: E731
+    winner, typical = race(runners, x, clock=clock, settle=settle)
+    assert winner == "b" and typical == pytest.approx({"a": 0.003, "b": 0.002})
+    # without the wait, one untimed run (5 ms) leaves b timed inside a's 60 ms of spinning
+    clock = FakeClock()
+    runners, _, _ = spinning_runners(clock, 0.060)
+    winner, typical = race(runners, x, clock=clock, settle=lambda: None)
+    assert winner == "a" and typical["b"] == pytest.approx(0.005)
+
+
+def test_waiting_for_idle_threads_stops_at_its_limit() -> None:
+    # threads that never stop (10 s of spinning): the wait gives up after its 0.2 s
+    clock = FakeClock()
+    runners, cpu, sleep = spinning_runners(clock, 10.0)
+    runners["a"](np.zeros((1, 3, 8, 8), np.float32))
+    assert wait_for_idle_threads(0.2, cpu_seconds=cpu, sleep=sleep) == pytest.approx(0.2)
+    assert clock.now == pytest.approx(0.203)
 
 
 def test_race_is_not_fooled_by_one_outlier() -> None:

@@ -6,8 +6,10 @@ every round, in a new random order each round, and ratios are computed per round
 (`benchmark.report`). A cyclic rotation would keep every variant behind the same
 predecessor, and a predecessor matters: ONNX Runtime's worker threads keep spinning after a
 run and slow whatever runs next on a 2-core CPU by up to 1.8x (measured: OpenVINO bf16
-1.2 ms -> 2.1 ms). So each variant also gets untimed runs before its timed ones: the
-previous runtime's spinning threads and cache contents are a cost that belongs to no one.
+1.2 ms -> 2.1 ms). They spin for about 70 ms, more than a couple of untimed runs cover, so
+before each variant's turn the timer also waits until the process's other threads are idle
+(`runtime.race.wait_for_idle_threads`), then gives it untimed runs: the previous runtime's
+spinning threads and cache contents are a cost that belongs to no one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mobilenetv2.runtime.race import wait_for_idle_threads
 
 __all__ = ["Timings", "time_interleaved"]
 
@@ -51,6 +55,7 @@ def time_interleaved(
     seed: int = 0,
     progress: bool = False,
     clock: Callable[[], float] = time.perf_counter,
+    settle: Callable[[], object] = wait_for_idle_threads,
 ) -> dict[str, Timings]:
     """Time every runner on `x1` (and on the batch `xb`) in `rounds` interleaved rounds.
 
@@ -60,6 +65,7 @@ def time_interleaved(
         xb: A large batch timed `batch_runs` times per runner and round (throughput).
         seed: Seeds the per-round order.
         clock: The timer (a test passes a fake one).
+        settle: Called before each variant's turn (module docstring).
     """
     from tqdm import tqdm
 
@@ -75,6 +81,7 @@ def time_interleaved(
         shuffle.shuffle(order)
         for name in order:
             run = runners[name]
+            settle()
             for _ in range(UNTIMED_RUNS):
                 run(x1)
             times = []
@@ -86,6 +93,7 @@ def time_interleaved(
         if xb is None:
             continue
         for name in order:
+            settle()
             t0 = clock()
             for _ in range(batch_runs):
                 runners[name](xb)

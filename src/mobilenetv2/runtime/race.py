@@ -7,6 +7,7 @@ across processes.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections.abc import Callable, Mapping
 
@@ -14,14 +15,47 @@ import numpy as np
 
 from mobilenetv2.runtime.backends import Runner
 
-__all__ = ["race"]
+__all__ = ["race", "wait_for_idle_threads"]
 
 log = logging.getLogger(__name__)
+
+
+def _process_cpu_seconds() -> float:
+    # every thread of this process, to the microsecond (the kernel's run-time sum)
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_for_idle_threads(
+    max_s: float = 0.5, *, quantum_s: float = 0.005, busy_fraction: float = 0.2,
+    cpu_seconds: Callable[[], float] = _process_cpu_seconds,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Sleep until no other thread of this process uses the CPU (at most `max_s`), so the
+    next runtime timed starts on idle cores. Returns the seconds waited.
+
+    A runtime's worker threads keep spinning after its call returns. ONNX Runtime 1.32's did
+    for about 70 ms on a 2-core Zen 3 (4-8 ms of CPU time per 5 ms of wall clock, then 0.1),
+    and whatever ran next there was 1.3-1.6x slower: the native engine 6.70 -> 10.71 ms,
+    OpenVINO 8.52 -> 10.23 ms, XNNPACK 7.9 -> 10.5 ms. An untimed run or two does not cover
+    70 ms. While this thread sleeps, the process's CPU time grows only by what other threads
+    use, so the wait ends at the first `quantum_s` in which they used less than
+    `busy_fraction` of it.
+    """
+    waited = 0.0
+    while waited < max_s:
+        before = cpu_seconds()
+        sleep(quantum_s)
+        waited += quantum_s
+        if cpu_seconds() - before < busy_fraction * quantum_s:
+            break
+    return waited
 
 
 def race(
     runners: Mapping[str, Runner], x: np.ndarray, *, rounds: int = 5, runs: int = 3,
     clock: Callable[[], float] = time.perf_counter,
+    settle: Callable[[], object] = wait_for_idle_threads,
 ) -> tuple[str, dict[str, float]]:
     """The fastest of `runners` on `x`; returns the winner and each runner's typical time
     (the median over rounds of its mean time per run).
@@ -29,9 +63,9 @@ def race(
     Two ways a race is fooled, and what this one does about each (issue 13: a one-warm-up,
     best-of-3 race picked ONNX Runtime at 9.3 ms over OpenVINO at 5.8 ms):
     - A runtime's worker threads keep spinning for a while after its call returns, so the
-      runtime timed right after it runs on contended cores. Each runner gets an untimed run
-      right before its timed ones, and the order rotates every round, so no runner always
-      follows the same other one.
+      runtime timed right after it runs on contended cores. Before each runner's turn the
+      race waits until the other threads are idle (`settle`: wait_for_idle_threads), then
+      gives it an untimed run, and the order rotates every round.
     - One run can be slowed by anything else on the machine. Each round times `runs` runs
       and the rounds' median decides, so a single outlier, either way, moves nothing.
     One warm-up run each first (OpenVINO compiles there); a runner that fails it (a phone
@@ -55,7 +89,8 @@ def race(
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             run = runners[name]
-            run(x)  # untimed: the previous runtime's threads settle on this one's time
+            settle()  # the previous runtime's threads stop spinning on no one's time
+            run(x)  # untimed: first-call effects of this runner's own
             t0 = clock()
             for _ in range(runs):
                 run(x)
