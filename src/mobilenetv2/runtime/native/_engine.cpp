@@ -261,8 +261,9 @@ void reset_shares(Engine* e, size_t j) {
     share_reset(e->shares[j * e->pairs + s], done, head ? 0 : (*e->plans)[j].hout);
 }
 
-// The head's channels are claimed this many at a time, each block's partial logits kept
-// apart (head_parts) and summed in block order, so the logits do not depend on the split.
+// A split image's head: its channels are claimed HEAD_UNIT_STEPS run_head blocks at a time,
+// each unit's partial logits kept apart (run_image) and summed in unit order, so the logits
+// do not depend on the split.
 constexpr int HEAD_UNIT_STEPS = 4;
 
 void plan_shape(Engine* e, int H, int W) {
