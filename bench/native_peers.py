@@ -46,7 +46,7 @@ from mobilenetv2.runtime.backends import backend_installed, onnxruntime_session,
 from mobilenetv2.runtime.cpu import cpu_info
 from mobilenetv2.runtime.native import NativeEngine, cpu_isas
 from mobilenetv2.runtime.native.int8 import int8_isas
-from mobilenetv2.runtime.race import wait_for_idle_threads
+from mobilenetv2.runtime.race import wait_for_idle_threads, waits_until_busy
 
 
 def _first_output(request):
@@ -119,11 +119,12 @@ def _race(runners: dict, x1: np.ndarray, xb: np.ndarray, args) -> tuple[dict, li
     """Seconds per call of each (runtime, batch), one entry per interleaved rotating round."""
     times: dict[tuple[str, int], list[float]] = {}
     names = list(runners)
+    settle = waits_until_busy(wait_for_idle_threads)
     for r in range(args.rounds):
         for peer in names[r % len(names):] + names[:r % len(names)]:
             for batch, x, n in ((1, x1, args.runs), (args.batch, xb, 1)):
                 run = runners[peer][batch]
-                wait_for_idle_threads()  # the previous runtime's threads stop spinning
+                settle()  # the previous runtime's threads stop spinning
                 run(x)  # untimed
                 t0 = time.perf_counter()
                 for _ in range(n):

@@ -18,7 +18,7 @@ from mobilenetv2.export import export_onnx
 from mobilenetv2.runtime import backends
 from mobilenetv2.runtime.backends import AUTO_ORDER, BACKENDS, PRECISIONS, backend_installed
 from mobilenetv2.runtime.cpu import CpuInfo, cpu_has_bf16, cpu_peak
-from mobilenetv2.runtime.race import wait_for_idle_threads
+from mobilenetv2.runtime.race import IDLE_WAIT_MAX_S, wait_for_idle_threads
 from mobilenetv2.runtime.race_cache import RaceCache
 from mobilenetv2.runtime.session import InferenceSession, race
 from spin_fakes import spinning_runners
@@ -225,6 +225,22 @@ def test_waiting_for_idle_threads_stops_at_its_limit() -> None:
     runners["a"](np.zeros((1, 3, 8, 8), np.float32))
     assert wait_for_idle_threads(0.2, cpu_seconds=cpu, sleep=sleep) == pytest.approx(0.2)
     assert clock.now == pytest.approx(0.203)
+
+
+def test_race_stops_waiting_for_threads_that_stay_busy() -> None:
+    # a thread of the caller's that never idles (10 s of spinning): the first wait gives up
+    # at its limit and the race goes on without waiting, instead of 0.5 s on every turn
+    clock = FakeClock()
+    runners, cpu, sleep = spinning_runners(clock, 10.0)
+    runners["a"](np.zeros((1, 3, 8, 8), np.float32))
+    waits = []
+
+    def settle() -> float:
+        waits.append(wait_for_idle_threads(cpu_seconds=cpu, sleep=sleep))
+        return waits[-1]
+
+    winner, _ = race(runners, np.zeros((1, 3, 8, 8), np.float32), clock=clock, settle=settle)
+    assert waits == [pytest.approx(IDLE_WAIT_MAX_S)] and winner == "a"
 
 
 def test_race_is_not_fooled_by_one_outlier() -> None:

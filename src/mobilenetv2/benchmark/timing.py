@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilenetv2.runtime.race import wait_for_idle_threads
+from mobilenetv2.runtime.race import wait_for_idle_threads, waits_until_busy
 
 __all__ = ["Timings", "time_interleaved"]
 
@@ -55,7 +55,7 @@ def time_interleaved(
     seed: int = 0,
     progress: bool = False,
     clock: Callable[[], float] = time.perf_counter,
-    settle: Callable[[], object] = wait_for_idle_threads,
+    settle: Callable[[], float | None] = wait_for_idle_threads,
 ) -> dict[str, Timings]:
     """Time every runner on `x1` (and on the batch `xb`) in `rounds` interleaved rounds.
 
@@ -65,8 +65,10 @@ def time_interleaved(
         xb: A large batch timed `batch_runs` times per runner and round (throughput).
         seed: Seeds the per-round order.
         clock: The timer (a test passes a fake one).
-        settle: Called before each variant's turn (module docstring).
+        settle: Called before each variant's turn (module docstring), until one of its
+            waits reaches its limit (`runtime.race.waits_until_busy`).
     """
+    settle = waits_until_busy(settle)
     from tqdm import tqdm
 
     out = {name: Timings() for name in runners}

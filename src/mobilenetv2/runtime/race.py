@@ -15,9 +15,11 @@ import numpy as np
 
 from mobilenetv2.runtime.backends import Runner
 
-__all__ = ["race", "wait_for_idle_threads"]
+__all__ = ["IDLE_WAIT_MAX_S", "race", "wait_for_idle_threads", "waits_until_busy"]
 
 log = logging.getLogger(__name__)
+
+IDLE_WAIT_MAX_S = 0.5  # wait_for_idle_threads gives up after this long
 
 
 def _process_cpu_seconds() -> float:
@@ -27,7 +29,7 @@ def _process_cpu_seconds() -> float:
 
 
 def wait_for_idle_threads(
-    max_s: float = 0.5, *, quantum_s: float = 0.005, busy_fraction: float = 0.2,
+    max_s: float = IDLE_WAIT_MAX_S, *, quantum_s: float = 0.005, busy_fraction: float = 0.2,
     cpu_seconds: Callable[[], float] = _process_cpu_seconds,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
@@ -40,7 +42,8 @@ def wait_for_idle_threads(
     OpenVINO 8.52 -> 10.23 ms, XNNPACK 7.9 -> 10.5 ms. An untimed run or two does not cover
     70 ms. While this thread sleeps, the process's CPU time grows only by what other threads
     use, so the wait ends at the first `quantum_s` in which they used less than
-    `busy_fraction` of it.
+    `busy_fraction` of it. Threads that stay busy (the caller's own work, not a runtime's
+    leftover spinning) end the wait at `max_s`; callers then stop waiting (race).
     """
     waited = 0.0
     while waited < max_s:
@@ -52,10 +55,28 @@ def wait_for_idle_threads(
     return waited
 
 
+def waits_until_busy(settle: Callable[[], float | None]) -> Callable[[], float | None]:
+    """`settle`, until one of its waits reaches IDLE_WAIT_MAX_S; no waits after that. A wait
+    that long means some thread of the caller's stays busy, not a runtime's leftover
+    spinning, and every later turn would spend the limit too (race, benchmark.timing)."""
+    on = [True]
+
+    def call() -> float | None:
+        if not on[0]:
+            return None
+        waited = settle()
+        if waited is not None and waited >= IDLE_WAIT_MAX_S:
+            log.info("other threads of this process stay busy; timing without waiting for them")
+            on[0] = False
+        return waited
+
+    return call
+
+
 def race(
     runners: Mapping[str, Runner], x: np.ndarray, *, rounds: int = 5, runs: int = 3,
     clock: Callable[[], float] = time.perf_counter,
-    settle: Callable[[], object] = wait_for_idle_threads,
+    settle: Callable[[], float | None] = wait_for_idle_threads,
 ) -> tuple[str, dict[str, float]]:
     """The fastest of `runners` on `x`; returns the winner and each runner's typical time
     (the median over rounds of its mean time per run).
@@ -69,8 +90,10 @@ def race(
     - One run can be slowed by anything else on the machine. Each round times `runs` runs
       and the rounds' median decides, so a single outlier, either way, moves nothing.
     One warm-up run each first (OpenVINO compiles there); a runner that fails it (a phone
-    file made for another input size) sits the race out, unless all fail.
+    file made for another input size) sits the race out, unless all fail. If a wait reaches
+    its limit, the race stops waiting (waits_until_busy).
     """
+    settle = waits_until_busy(settle)
     names, failed = [], {}
     for name in runners:
         try:
