@@ -248,23 +248,23 @@ struct Engine {
   int pairs;
   std::vector<std::atomic<int>>* done;  // two layers' rows (Share::done), alternating
   int done_rows;
-  int head_unit;  // channels a thread claims at a time in a split image's head
 };
 
 // The shares of block j (the head when j == blocks) made ready for a split image: nothing
 // claimed, no row summed. The rows' `done` counters alternate between two arrays by block,
 // so block j's can be reset while the threads still work on block j - 1.
 void reset_shares(Engine* e, size_t j) {
-  const bool head = j == e->plans->size();
   std::atomic<int>* done = e->done->data() + (j % 2) * e->done_rows;
-  for (int s = 0; s < e->pairs; ++s)
-    share_reset(e->shares[j * e->pairs + s], done, head ? 0 : (*e->plans)[j].hout);
+  const int rows = j == e->plans->size() ? 0 : (*e->plans)[j].hout;
+  for (int r = 0; r < rows; ++r) done[r].store(0, std::memory_order_relaxed);
+  for (int s = 0; s < e->pairs; ++s) share_reset(e->shares[j * e->pairs + s], done);
 }
 
 // A split image's head: its channels are claimed HEAD_UNIT_STEPS run_head blocks at a time,
 // each unit's partial logits kept apart (run_image) and summed in unit order, so the logits
 // do not depend on the split.
 constexpr int HEAD_UNIT_STEPS = 4;
+int head_unit(const Engine* e) { return HEAD_UNIT_STEPS * e->k->head_step; }
 
 void plan_shape(Engine* e, int H, int W) {
   if (e->cur_h == H && e->cur_w == W) return;
@@ -361,8 +361,7 @@ void plan_shape(Engine* e, int H, int W) {
   hp.h = h;
   hp.w = w;
   // a split image's head: each unit's partial logits in the lane the head does not read
-  const int unit = HEAD_UNIT_STEPS * e->k->head_step;
-  e->head_unit = unit;
+  const int unit = head_unit(e);
   if (e->threads > 1) {
     const long parts = (long)(hp.cout_p + unit - 1) / unit * hp.classes_p;
     if (bw.size() % 2 == 0) a = std::max(a, parts);
@@ -463,13 +462,13 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
     for (int j = 0; j < hp.classes; ++j) logits[j] = part[j];
     mark(L, 0);
   } else {
-    // The threads claim head_unit channels at a time, one ahead (run_head prefetches its
+    // The threads claim head_unit(e) channels at a time, one ahead (run_head prefetches its
     // classifier columns), each unit's partial logits in the lane the head does not read;
     // after the barrier each thread sums a share of the classes over the units in unit
     // order. A last barrier only when another image follows in this job (its block 1
     // overwrites the partials); after the job's last image the pool's end of job is that
     // wait.
-    const int unit = e->head_unit, units = (hp.cout_p + unit - 1) / unit;
+    const int unit = head_unit(e), units = (hp.cout_p + unit - 1) / unit;
     float* parts = bufs[L % 2];
     std::atomic<int>* next = &sh[L * e->pairs].next[0];
     for (int c = next->fetch_add(unit, std::memory_order_relaxed); c < hp.cout_p;) {

@@ -40,12 +40,11 @@ struct HeadPlan {
 // fixed in advance (rows here; map mode's channels and the head's in _kernels.inc): on a
 // shared machine one core is often slower than the other for minutes (bench/native_trace.py
 // measured one thread's work at 1.39x the other's on every layer), and a fixed split makes
-// the fast thread wait at each layer's barrier. One per
-// layer and pair of threads, on its own cache line. In each channel slice of a row-split
-// block the pair's first thread claims rows from the top of the pair's segment and the
-// second from the bottom until they meet, so the split follows the threads' speeds slice
-// by slice; a row's slices are summed in slice order whoever computes them (`done`), so
-// the result does not depend on the split.
+// the fast thread wait at each layer's barrier. One per layer and pair of threads, on its
+// own cache line. In each channel slice of a row-split block the pair's first thread claims
+// rows from the top of the pair's segment and the second from the bottom until they meet,
+// so the split follows the threads' speeds slice by slice; a row's slices are summed in
+// slice order whoever computes them (`done`), so the result does not depend on the split.
 struct alignas(64) Share {
   // (slice + 1) << 48 | lo << 24 | hi: the rows [lo, hi) of that slice not yet claimed
   std::atomic<uint64_t> rows{0};
@@ -54,12 +53,13 @@ struct alignas(64) Share {
   std::atomic<int> next[2];
 };
 
-inline void share_reset(Share& s, std::atomic<int>* done, int rows) {
+// Nothing claimed; `done`: the layer's per-row counters, zeroed by the caller (one array
+// for every pair of the layer).
+inline void share_reset(Share& s, std::atomic<int>* done) {
   s.rows.store(0, std::memory_order_relaxed);
   s.next[0].store(0, std::memory_order_relaxed);
   s.next[1].store(0, std::memory_order_relaxed);
   s.done = done;
-  for (int r = 0; r < rows; ++r) done[r].store(0, std::memory_order_relaxed);
 }
 
 // The next row of slice `slice` in the pair's segment [lo, hi), from the top or (down) from
