@@ -12,7 +12,15 @@ PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: demo test lint install clean readme-table
 
+# A fresh .venv takes about 6.7 GB (PyTorch's x86-64 wheel is a CUDA build) and pip unpacks
+# beside it: say so before starting rather than stop half-installed on "No space left on device"
+# (a CI run did). NEED_GB=0 skips the check.
+NEED_GB ?= 9
 $(BIN)/python:
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	if [ "$$free" -lt "$(NEED_GB)" ]; then \
+	  echo "make: $$free GB free on this disk; a fresh $(VENV) needs about $(NEED_GB) GB (PyTorch's wheel is a CUDA build). Free space, or run with NEED_GB=0 to try anyway." >&2; \
+	  exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 
