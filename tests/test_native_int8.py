@@ -117,6 +117,33 @@ def test_every_layer_equals_onnxruntime(models, case) -> None:
         np.testing.assert_array_equal(ours, ref, err_msg=name)
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_blocks_equal_layer_by_layer(models, case, threads) -> None:
+    """Every inverted residual fused row by row (fuse_rows=1: the expanded tensors never
+    whole, each thread a share of the rows) gives the logits of every layer run whole
+    (keep=True, which test_every_layer_equals_onnxruntime checks layer by layer) bit for bit,
+    at batch 1 and 3, in less working memory."""
+    path, size = models[case], case[1]
+    x = np.random.default_rng(threads).standard_normal((3, 3, size, size), np.float32)
+    whole = NativeInt8Engine(path, threads=1, keep=True)
+    fused = NativeInt8Engine(path, threads=threads, fuse_rows=1)
+    unfused = NativeInt8Engine(path, threads=threads, fuse_rows=10**6)
+    for batch in (1, 3):
+        want = whole(x[:batch])
+        np.testing.assert_array_equal(fused(x[:batch]), want)
+        # MobileNetV2's 17 inverted residuals (Table 2: 1 + 2 + 3 + 4 + 3 + 3 + 1), none dilated
+        assert fused.fused_blocks == 17
+        np.testing.assert_array_equal(unfused(x[:batch]), want)
+        assert unfused.fused_blocks == 0
+        assert fused.memory_bytes < unfused.memory_bytes
+
+
+def test_fuse_rows_is_checked(models) -> None:
+    with pytest.raises(UserError, match="fuse_rows must be an integer >= 1, got 0"):
+        NativeInt8Engine(models[CASES[0]], fuse_rows=0)
+
+
 def test_memory_is_reported_per_lane(models) -> None:
     path = models[CASES[0]]
     engine = NativeInt8Engine(path, threads=2)
