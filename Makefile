@@ -26,7 +26,7 @@ $(BIN)/python:
 
 # setup.py builds the optional native engine (issue 13) and the fused training BatchNorm
 # (issue 14): a change to their sources rebuilds them.
-NATIVE_SRC := setup.py $(wildcard src/mobilenetv2/runtime/native/_engine.cpp src/mobilenetv2/runtime/native/_kernels.inc src/mobilenetv2/runtime/native/_int8.inc src/mobilenetv2/runtime/native/_kernels_int8.inc src/mobilenetv2/runtime/native/_pool.h src/mobilenetv2/model/_bnact.cpp src/mobilenetv2/model/_dwconv.inc)
+NATIVE_SRC := setup.py $(wildcard src/mobilenetv2/runtime/native/_engine.cpp src/mobilenetv2/runtime/native/_kernels.inc src/mobilenetv2/runtime/native/_int8.inc src/mobilenetv2/runtime/native/_kernels_int8.inc src/mobilenetv2/runtime/native/_pool.h src/mobilenetv2/runtime/native/_plans.h src/mobilenetv2/runtime/native/_plans_int8.h src/mobilenetv2/model/_bnact.cpp src/mobilenetv2/model/_dwconv.inc)
 
 $(STAMP): pyproject.toml $(NATIVE_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "_plans.h"
+#include "_plans_int8.h"
 
 // ------------------------------------------------------------------ the kernels, per ISA
 #if defined(__x86_64__) || defined(__i386__)
