@@ -28,7 +28,7 @@ ISAS = int8_isas()
 PHOTOS = ("bird.bmp", "cat.bmp", "grace_hopper.bmp", "parrot.jpg")
 
 
-def _quantized(folder: Path, width: float, size: int, padding: str,
+def _quantized(folder: Path, width: float, size: int, padding: str, classes: int = 10,
                reduce_range: bool = True) -> Path:
     from mobilenetv2.export.onnx import export_onnx
     from mobilenetv2.quant.ptq import quantize_onnx
@@ -36,7 +36,7 @@ def _quantized(folder: Path, width: float, size: int, padding: str,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = random_model(width, size, padding)
+        model = random_model(width, size, padding, classes)
         fp = export_onnx(model, folder / "m.fp32.onnx", input_size=size).path
         calib = np.random.default_rng(1).standard_normal((8, 3, size, size), np.float32)
         return quantize_onnx(fp, folder / f"m{int(reduce_range)}.int8.onnx", calib,
@@ -45,8 +45,9 @@ def _quantized(folder: Path, width: float, size: int, padding: str,
         torch.set_num_threads(threads)
 
 
-# (width, size, padding): an odd size and tf_same's asymmetric pads among them
-CASES = [(0.35, 64, "symmetric"), (0.5, 57, "tf_same"), (0.35, 33, "symmetric")]
+# (width, size, padding, classes): an odd size and tf_same's asymmetric pads among them, and
+# 37 classes, which 2 and 3 threads split into shares of the classifier (16 at a time)
+CASES = [(0.35, 64, "symmetric", 10), (0.5, 57, "tf_same", 37), (0.35, 33, "symmetric", 10)]
 
 
 @pytest.fixture(scope="module")
