@@ -16,9 +16,9 @@
 #include <time.h>
 
 #include <algorithm>
-#include <functional>
 
 #include "../src/mobilenetv2/runtime/native/_plans_int8.h"
+#include "_harness.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -28,21 +28,6 @@ namespace i8_avx2 {
 #undef I8_DOT
 }  // namespace i8_avx2
 #pragma GCC pop_options
-static double now() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec * 1e-9;
-}
-static double best_of(const std::function<void()>& f, long reps) {
-  double b = 1e9;
-  for (int r = 0; r < 30; r++) {
-    double t = now();
-    for (long i = 0; i < reps; i++) f();
-    double dt = (now() - t) / reps;
-    if (dt < b) b = dt;
-  }
-  return b;
-}
 template <class T>
 T* filled(long n, int mod) {
   T* p = (T*)aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64 + 64);
@@ -73,6 +58,9 @@ int main() {
       "GMAC/s | of peak |\n|---|---|---:|---:|\n",
       pk / 1e9);
   Requant rq{245.f, 10};
+  auto row = [&](const char* kernel, const char* shape, double macs, double sec) {
+    printf("| %s | %s | %.1f | %.0f%% |\n", kernel, shape, macs / sec / 1e9, 100 * macs / sec / pk);
+  };
   struct Pw {
     const char* what;
     int m, k, n;
@@ -100,7 +88,7 @@ int main() {
                          (long)(2e6 / macs) + 1);
     char shape[64];
     snprintf(shape, 64, "M %d, K %d, N %d", s.m, s.k, s.n);
-    printf("| %s | %s | %.1f | %.0f%% |\n", s.what, shape, macs / sec / 1e9, 100 * macs / sec / pk);
+    row(s.what, shape, macs, sec);
   }
   struct Dw {
     const char* what;
@@ -127,7 +115,7 @@ int main() {
     double sec = best_of([&] { i8_avx2::dw_row(p, rows, out, z); }, (long)(2e6 / macs) + 1);
     char shape[64];
     snprintf(shape, 64, "%d channels", s.cs);
-    printf("| %s | %s | %.1f | %.0f%% |\n", s.what, shape, macs / sec / 1e9, 100 * macs / sec / pk);
+    row(s.what, shape, macs, sec);
   }
   {
     uint8_t* img = filled<uint8_t>(3L * 224 * 224, 200);
@@ -142,7 +130,6 @@ int main() {
     double macs = 27.0 * 112 * 32;
     double sec =
         best_of([&] { i8_avx2::stem_row(p, img, (y = (y + 1) % 110) + 1, out, col); }, 2000);
-    printf("| stem 3x3 s2, one 112-px row | 3 -> 32 | %.1f | %.0f%% |\n", macs / sec / 1e9,
-           100 * macs / sec / pk);
+    row("stem 3x3 s2, one 112-px row", "3 -> 32", macs, sec);
   }
 }

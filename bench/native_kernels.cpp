@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "../src/mobilenetv2/runtime/native/_plans.h"
+#include "_harness.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -46,28 +47,10 @@ static double fma_peak() {
 }  // namespace isa_avx2
 #pragma GCC pop_options
 
-static double now() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 static float* filled(long n, int mod) {
   float* p = static_cast<float*>(aligned_alloc(64, ((n * 4 + 63) / 64) * 64));
   for (long i = 0; i < n; ++i) p[i] = 1e-3f * (i % mod);
   return p;
-}
-
-// Best seconds per call of f over 30 repetitions of `reps` calls.
-template <class F>
-static double best_of(F f, long reps) {
-  double best = 1e30;
-  for (int t = 0; t < 30; ++t) {
-    const double t0 = now();
-    for (long r = 0; r < reps; ++r) f();
-    best = std::min(best, (now() - t0) / reps);
-  }
-  return best;
 }
 
 int main() {
