@@ -524,6 +524,43 @@ def test_phone_runtimes_join_the_auto_race(model, tmp_path, monkeypatch, without
     assert InferenceSession(model, onnx_file=onnx, phone_file=pte)._alternates == ["openvino"]
 
 
+def test_an_upgraded_runtime_races_again(model, tmp_path, monkeypatch, without_native) -> None:
+    """The cached winner is keyed by each candidate's installed build: after an upgrade of
+    one of them the shape is raced again instead of answered from the cache."""
+    from mobilenetv2.runtime import race_cache
+
+    clock = FakeClock()
+    _fake_backends(monkeypatch, clock, {"onnxruntime": 0.005, "openvino": 0.004})
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"fake")
+    cache = RaceCache(tmp_path / "races.json", "model-key")
+    x = np.zeros((1, 3, 64, 64), np.float32)
+
+    def session(timer) -> InferenceSession:
+        sess = InferenceSession(model, onnx_file=onnx)
+        sess.race_cache, sess.clock = cache, timer
+        return sess
+
+    first = session(clock)
+    first(x)
+    assert first.chosen[x.shape] == "openvino" and clock.now > 0
+    session(lambda: pytest.fail("raced again despite the cache"))(x)
+    real = race_cache.backend_build
+    monkeypatch.setattr(race_cache, "backend_build",
+                        lambda name: "2099.1" if name == "openvino" else real(name))
+    timed = []  # the race reads the clock; running the cached winner does not
+    upgraded = session(lambda: timed.append(clock.now) or clock.now)
+    upgraded(x)
+    assert timed and upgraded.chosen[x.shape] == "openvino"
+
+
+def test_backend_build_is_the_installed_version() -> None:
+    from mobilenetv2.runtime.race_cache import backend_build
+
+    assert backend_build("numpy") == np.__version__  # a package outside BACKENDS: by name
+    assert backend_build("onnxruntime") == pytest.importorskip("onnxruntime").__version__
+
+
 def test_race_fails_only_when_every_runner_fails() -> None:
     clock = FakeClock()
 

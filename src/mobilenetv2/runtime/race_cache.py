@@ -4,11 +4,15 @@ A one-image `predict` with `--backend auto` paid for a race (warm-up and timed r
 runtimes) on every call. The winner depends on the model, the input shape, the precision,
 the thread count and the machine, so the result is stored under all of these in one small
 JSON file (`<cache>/races.json`) and reused; a different CPU model, thread count or set of
-installed backends races again.
+installed backends races again, and so does an upgrade of any of them (each candidate's
+installed version, or for the native engine its build, is part of the key: a winner timed
+against last month's ONNX Runtime says nothing about this month's).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -18,9 +22,38 @@ from pathlib import Path
 from mobilenetv2._files import atomic_write
 from mobilenetv2.runtime.cpu import cpu_info
 
-__all__ = ["RaceCache"]
+__all__ = ["RaceCache", "backend_build"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def backend_build(name: str) -> str:
+    """What identifies the installed build of backend `name`: its distribution's version,
+    or for the native engine (built in place by the install, whatever the package version)
+    its compiled module's size and modification time. Nothing is imported but our own
+    extension: a cache hit must not pay for loading OpenVINO."""
+    from mobilenetv2.runtime.backends import BACKENDS
+
+    if name == "native":
+        from mobilenetv2.runtime import native
+
+        engine = getattr(native, "_engine", None)
+        if engine is None or not getattr(engine, "__file__", None):
+            return "unbuilt"
+        st = os.stat(engine.__file__)
+        return f"{st.st_size}-{st.st_mtime_ns}"
+    package = BACKENDS[name].package.split(".")[0] if name in BACKENDS else name
+    for dist in _distributions().get(package, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 class RaceCache:
@@ -38,7 +71,9 @@ class RaceCache:
     def key(self, shape: Sequence[int], precision: str, threads: int | None,
             candidates: Sequence[str]) -> str:
         return "|".join([self.model_key, "x".join(map(str, shape)), precision,
-                         str(threads or "default"), ",".join(candidates), cpu_info().model])
+                         str(threads or "default"),
+                         ",".join(f"{c}={backend_build(c)}" for c in candidates),
+                         cpu_info().model])
 
     def _read(self) -> dict[str, str]:
         try:
