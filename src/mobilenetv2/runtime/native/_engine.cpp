@@ -436,15 +436,12 @@ void run_image(Engine* e, const float* img, float* logits, int tid, bool solo, i
       e->pool->barrier();
       mark(i, 1);
       e->k->map_project(p, in, D, out, &sh[i * e->pairs].next[1]);
-    } else if (sh && !(T % 2 == 1 && me == T - 1)) {
-      // this thread and its partner share their two fixed shares of the rows
-      const int pr = me / 2;
-      const int r0 = (int)((long)p.hout * 2 * pr / T);
-      const int r1 = (int)((long)p.hout * std::min(2 * pr + 2, T) / T);
-      rows = e->k->block(p, in, out, r0, r1, scr, &sh[i * e->pairs + pr], me % 2 == 1);
     } else {
-      const int r0 = (int)((long)p.hout * me / T), r1 = (int)((long)p.hout * (me + 1) / T);
-      rows = e->k->block(p, in, out, r0, r1, scr, nullptr, false);
+      // a pair of threads claims its segment's rows together (one thread alone: T == 1)
+      int r0, r1;
+      const int pr = pair_segment(p.hout, me, T, &r0, &r1);
+      rows = e->k->block(p, in, out, r0, r1, scr, pr >= 0 ? &sh[i * e->pairs + pr] : nullptr,
+                         me % 2 == 1);
     }
     if (trace) trace[TRACE_FIELDS * i + 2] += rows;
     mark(i, 0);

@@ -87,6 +87,21 @@ inline bool claim_row(Share* s, int slice, int lo, int hi, bool down, int* row) 
   }
 }
 
+// The rows [*lo, *hi) of `rows` that thread `me` of `T` works on in a split image: its
+// pair's segment, which it claims from with its partner (returns the pair's index), or, for
+// an odd thread out and a thread alone, its own fixed share (returns -1).
+inline int pair_segment(int rows, int me, int T, int* lo, int* hi) {
+  if (T > 1 && !(T % 2 == 1 && me == T - 1)) {
+    const int pair = me / 2, end = 2 * pair + 2 < T ? 2 * pair + 2 : T;
+    *lo = (int)((long)rows * 2 * pair / T);
+    *hi = (int)((long)rows * end / T);
+    return pair;
+  }
+  *lo = (int)((long)rows * me / T);
+  *hi = (int)((long)rows * (me + 1) / T);
+  return -1;
+}
+
 // Until `slices` slices of row `row` are summed (release/acquire: their sums are then visible).
 inline void wait_done(const Share* s, int row, int slices) {
   while (s->done[row].load(std::memory_order_acquire) < slices) {
