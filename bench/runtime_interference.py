@@ -14,7 +14,6 @@ of the mean of 10 calls, in ms. This is what made the timers wait for idle threa
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +27,7 @@ from mobilenetv2.model.fuse import reestimate_bn
 from mobilenetv2.runtime.backends import backend_installed, onnxruntime_session, openvino_compile
 from mobilenetv2.runtime.cpu import cpu_info
 from mobilenetv2.runtime.native import NativeEngine
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from mobilenetv2.runtime.race import process_cpu_seconds
 
 
 def main() -> int:
@@ -71,9 +66,9 @@ def main() -> int:
         runners["onnxruntime"](x)
     used = []
     for _ in range(30):
-        before = _cpu_s()
+        before = process_cpu_seconds()
         time.sleep(0.005)
-        used.append((_cpu_s() - before) * 1e3)
+        used.append((process_cpu_seconds() - before) * 1e3)
     print("CPU ms used by the process per 5 ms of sleep after ONNX Runtime: "
           + " ".join(f"{v:.1f}" for v in used))
 

@@ -15,22 +15,23 @@ import numpy as np
 
 from mobilenetv2.runtime.backends import Runner
 
-__all__ = ["IDLE_WAIT_MAX_S", "race", "wait_for_idle_threads", "waits_until_busy"]
+__all__ = ["IDLE_WAIT_MAX_S", "process_cpu_seconds", "race", "wait_for_idle_threads",
+           "waits_until_busy"]
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_MAX_S = 0.5  # wait_for_idle_threads gives up after this long
 
 
-def _process_cpu_seconds() -> float:
-    # every thread of this process, to the microsecond (the kernel's run-time sum)
+def process_cpu_seconds() -> float:
+    """CPU seconds of every thread of this process, to the microsecond (getrusage)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
 def wait_for_idle_threads(
     max_s: float = IDLE_WAIT_MAX_S, *, quantum_s: float = 0.005, busy_fraction: float = 0.2,
-    cpu_seconds: Callable[[], float] = _process_cpu_seconds,
+    cpu_seconds: Callable[[], float] = process_cpu_seconds,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
     """Sleep until no other thread of this process uses the CPU (at most `max_s`), so the
