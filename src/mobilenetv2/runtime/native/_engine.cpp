@@ -583,7 +583,7 @@ int engine_init(Engine* e, PyObject* args, PyObject*) {
   e->lanes_b = new std::vector<Buf>(threads);
   e->scratch = new std::vector<Buf>(threads);
   e->busy = new std::atomic<bool>(false);
-  e->pairs = (threads + 1) / 2;
+  e->pairs = pair_count(threads);
   e->shares = new Share[(PyTuple_GET_SIZE(blocks) + 1) * e->pairs];
   e->done = nullptr;
   e->pool = nullptr;

@@ -12,6 +12,19 @@ constexpr int KIND_STEM = 0, KIND_EXPAND = 1, KIND_DIRECT = 2;
 
 inline int pad_to(int n, int m) { return (n + m - 1) / m * m; }
 
+// The output columns [*lo, *hi) of a 3x3 conv row (stride, dilation, left padding padl) whose
+// three taps all lie inside the `win`-wide input row: the kernels run them without bounds
+// checks (fp32 depthwise and stem, int8 depthwise) and the rest as edges.
+inline void interior_columns(int win, int wout, int stride, int dil, int padl, int* lo,
+                             int* hi) {
+  int l = (padl + stride - 1) / stride;
+  int h = (win - 1 + padl - 2 * dil) >= 0 ? (win - 1 + padl - 2 * dil) / stride + 1 : 0;
+  if (h > wout) h = wout;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
 // run_head's rows in a thread's scratch, in vectors: HEAD_PIX (64) pixels x at most 3 vectors
 // (NR on AVX-512); the thread's partial logits follow them.
 constexpr long HEAD_ROWS_VECTORS = 64L * 3;
@@ -101,6 +114,9 @@ inline int pair_segment(int rows, int me, int T, int* lo, int* hi) {
   *hi = (int)((long)rows * (me + 1) / T);
   return -1;
 }
+
+// Shares (`Share`) per layer: one per pair of threads, the odd thread out's included.
+inline int pair_count(int threads) { return (threads + 1) / 2; }
 
 // Until `slices` slices of row `row` are summed (release/acquire: their sums are then visible).
 inline void wait_done(const Share* s, int row, int slices) {

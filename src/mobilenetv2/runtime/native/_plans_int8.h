@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "_plans.h"  // interior_columns, which the int8 depthwise shares with fp32
+
 namespace {
 
 struct Requant {
